@@ -1,0 +1,430 @@
+//! The [`ChannelLayer`] contract every backend honours, and [`ChannelLayerExt`] conveniences.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use crate::error::{LayerError, ReceiveError, SendError, TryReceiveError};
+use crate::message::{Message, MessageError};
+use crate::metrics::MetricsSnapshot;
+use crate::name::NameError;
+use crate::runtime::block_on;
+
+/// A boxed, `Send` future, as the async methods of [`ChannelLayer`] return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The default prefix of [`ChannelLayer::new_channel`], as in channels_redis.
+pub const DEFAULT_CHANNEL_PREFIX: &str = "specific";
+
+/// What a backend supports, so that applications (and the conformance suite) can check at
+/// start-up instead of failing later. The channel layer specification calls these
+/// `extensions` (spec sheet §1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// `group_add`, `group_discard` and `group_send` work.
+    pub groups: bool,
+    /// `flush` works.
+    pub flush: bool,
+    /// Any process-specific channel can be received on, not only those this layer object
+    /// minted with `new_channel`.
+    pub receive_any_process_channel: bool,
+    /// Messages and layer state are shared between separate layer objects (and processes)
+    /// pointed at the same backend.
+    pub shared_between_layers: bool,
+}
+
+impl Capabilities {
+    /// No capabilities; add them with the `with_*` methods.
+    pub const fn none() -> Self {
+        Capabilities {
+            groups: false,
+            flush: false,
+            receive_any_process_channel: false,
+            shared_between_layers: false,
+        }
+    }
+
+    /// With `groups` set.
+    #[must_use]
+    pub const fn with_groups(mut self, yes: bool) -> Self {
+        self.groups = yes;
+        self
+    }
+
+    /// With `flush` set.
+    #[must_use]
+    pub const fn with_flush(mut self, yes: bool) -> Self {
+        self.flush = yes;
+        self
+    }
+
+    /// With `receive_any_process_channel` set.
+    #[must_use]
+    pub const fn with_receive_any_process_channel(mut self, yes: bool) -> Self {
+        self.receive_any_process_channel = yes;
+        self
+    }
+
+    /// With `shared_between_layers` set.
+    #[must_use]
+    pub const fn with_shared_between_layers(mut self, yes: bool) -> Self {
+        self.shared_between_layers = yes;
+        self
+    }
+}
+
+/// What a `group_send` did: how many members got the message and how many were skipped
+/// because their channel was full. A `group_send` never fails because a member is full
+/// (spec sheet §1.2); skips are reported here and counted in the layer's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct GroupSendReport {
+    /// Members whose channel accepted the message.
+    pub delivered: usize,
+    /// Members whose channel was full.
+    pub skipped_full: usize,
+}
+
+impl GroupSendReport {
+    /// A report of `delivered` deliveries and `skipped_full` skips.
+    pub const fn new(delivered: usize, skipped_full: usize) -> Self {
+        GroupSendReport {
+            delivered,
+            skipped_full,
+        }
+    }
+}
+
+/// The channel layer contract: named channels, process-specific channels, groups, capacity,
+/// expiry, at-most-once FIFO delivery.
+///
+/// Application code calls these methods (with [`ChannelLayerExt`] for conveniences) on any
+/// backend: [`crate::InMemoryLayer`], or an [`crate::AnyLayer`] built from a URL. Third parties
+/// implement the trait for their own backends and prove them with the conformance suite
+/// (`channel_layer::testing`, behind the `testing` feature).
+///
+/// # The contract
+///
+/// - **Names** are validated as [`crate::name`] describes; an invalid name is an error and
+///   nothing is sent.
+/// - **FIFO, at most once.** Each message goes to exactly one receiver, never twice; messages
+///   sent by one sender to one channel are received in order.
+/// - **`send` never waits for room.** At capacity it fails with [`SendError::Full`] and the
+///   channel is unchanged. For a process-specific channel `a!b` the capacity bounds all messages
+///   queued for the non-local part `a!`.
+/// - **Expiry.** A message older than the layer's expiry is never delivered; it is dropped and
+///   counted in [`MetricsSnapshot::expired`].
+/// - **Groups.** `group_send` never fails because a member is full; it reports skips in a
+///   [`GroupSendReport`]. Membership lapses `group_expiry` after the latest `group_add`.
+/// - **Closing** wakes every blocked receiver with a `Closed` error.
+///
+/// # Implementing
+///
+/// The async methods are required. The blocking methods default to running the async ones to
+/// completion on the calling thread ([`crate::runtime::block_on`]); a backend that can block
+/// more cheaply overrides them.
+pub trait ChannelLayer: Send + Sync + fmt::Debug {
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A counter snapshot: messages sent, received, dropped as full or expired, and so on.
+    fn metrics(&self) -> MetricsSnapshot;
+
+    /// Mints a fresh process-specific channel name, `<prefix>.<process>!<random>`, that this
+    /// layer can receive on. The default prefix is [`DEFAULT_CHANNEL_PREFIX`].
+    ///
+    /// # Errors
+    ///
+    /// [`NameError`] when the prefix is invalid or too long.
+    fn new_channel(&self, prefix: &str) -> Result<String, NameError>;
+
+    /// Sends a message to a channel (see [`ChannelLayer::send`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Backend-specific; the in-memory backend completes on the first poll. Dropping a network
+    /// backend's send before it completes may or may not have stored the message.
+    fn send_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), SendError>>;
+
+    /// Receives the next message on a channel, waiting until `deadline` (for ever if `None`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is taken from the channel only in the poll that returns it, so
+    /// dropping the future never loses a message.
+    fn receive_until_async<'a>(
+        &'a self,
+        channel: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Message, ReceiveError>>;
+
+    /// Takes the next message on a channel if one is there, without waiting for one.
+    fn try_receive_async<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Message, TryReceiveError>>;
+
+    /// Adds a channel to a group, or refreshes its membership (see [`ChannelLayer::group_add`]).
+    fn group_add_async<'a>(
+        &'a self,
+        group: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(), LayerError>>;
+
+    /// Removes a channel from a group (see [`ChannelLayer::group_discard`]).
+    fn group_discard_async<'a>(
+        &'a self,
+        group: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(), LayerError>>;
+
+    /// Sends a message to every member of a group (see [`ChannelLayer::group_send`]).
+    fn group_send_async<'a>(
+        &'a self,
+        group: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<GroupSendReport, LayerError>>;
+
+    /// Empties the layer (see [`ChannelLayer::flush`]).
+    fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>>;
+
+    /// Closes this layer object: every later call fails with a `Closed` error and blocked
+    /// receivers wake with one. Messages stored in a shared backend stay there.
+    fn close(&self);
+
+    /// Sends a message to a channel.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Full`] at capacity, [`SendError::InvalidName`],
+    /// [`SendError::InvalidMessage`] when the message carries the reserved key, and
+    /// [`SendError::Closed`]; each hands the message back.
+    fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        block_on(self.send_async(channel, message))
+    }
+
+    /// Receives the next message on a channel, blocking the thread until `deadline` (for ever
+    /// if `None`).
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError::Timeout`] when the deadline passes, [`ReceiveError::Closed`] when the
+    /// layer is closed, [`ReceiveError::InvalidName`].
+    fn receive_until(&self, channel: &str, deadline: Option<Instant>) -> Result<Message, ReceiveError> {
+        block_on(self.receive_until_async(channel, deadline))
+    }
+
+    /// Takes the next message on a channel if one is there.
+    ///
+    /// # Errors
+    ///
+    /// [`TryReceiveError::Empty`] when there is none.
+    fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
+        block_on(self.try_receive_async(channel))
+    }
+
+    /// Adds a channel to a group; adding it again refreshes its membership.
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::InvalidName`] for an invalid group or channel name.
+    fn group_add(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        block_on(self.group_add_async(group, channel))
+    }
+
+    /// Removes a channel from a group; no error if it was not a member.
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::InvalidName`] for an invalid group or channel name.
+    fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        block_on(self.group_discard_async(group, channel))
+    }
+
+    /// Sends a message to every current member of a group. Members whose channel is full are
+    /// skipped and counted; an unknown group has no members.
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::InvalidName`], [`LayerError::InvalidMessage`] (reserved key).
+    fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, LayerError> {
+        block_on(self.group_send_async(group, message))
+    }
+
+    /// Drops every message and every group membership; blocked receivers keep waiting for new
+    /// messages. Dropped messages are counted in [`MetricsSnapshot::flushed`].
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::Closed`], or a backend failure.
+    fn flush(&self) -> Result<(), LayerError> {
+        block_on(self.flush_async())
+    }
+}
+
+/// Conveniences on every [`ChannelLayer`]: receive with or without a timeout, typed messages.
+pub trait ChannelLayerExt: ChannelLayer {
+    /// Receives the next message on a channel, blocking until one arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError::Closed`], [`ReceiveError::InvalidName`].
+    fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+        self.receive_until(channel, None)
+    }
+
+    /// Receives the next message on a channel, blocking for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError::Timeout`] when nothing arrives in time.
+    fn receive_timeout(&self, channel: &str, timeout: Duration) -> Result<Message, ReceiveError> {
+        self.receive_until(channel, deadline_after(timeout))
+    }
+
+    /// Receives the next message on a channel.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future never loses a message.
+    fn receive_async<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Message, ReceiveError>> {
+        self.receive_until_async(channel, None)
+    }
+
+    /// Receives the next message on a channel, waiting at most `timeout`. The timer runs on
+    /// this crate's own timer thread, so no particular async runtime is needed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future never loses a message.
+    fn receive_timeout_async<'a>(
+        &'a self,
+        channel: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Message, ReceiveError>> {
+        self.receive_until_async(channel, deadline_after(timeout))
+    }
+
+    /// Mints a process-specific channel with the default prefix ([`DEFAULT_CHANNEL_PREFIX`]).
+    fn new_default_channel(&self) -> String {
+        self.new_channel(DEFAULT_CHANNEL_PREFIX)
+            .expect("the default prefix is valid")
+    }
+
+    /// Encodes a typed value ([`Message::encode`]) and sends it.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::InvalidMessage`] when the value does not encode (the returned message is
+    /// then empty), and every error of [`ChannelLayer::send`].
+    fn send_typed<T: serde::Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<(), SendError> {
+        let message = encode_for_send(value)?;
+        self.send(channel, message)
+    }
+
+    /// Receives a message and decodes it ([`Message::decode`]).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Receive`] when nothing is received, [`crate::Error::Message`] when the
+    /// message does not decode (it is then lost: it was already taken from the channel).
+    fn receive_typed<T: serde::de::DeserializeOwned>(&self, channel: &str) -> Result<T, crate::Error> {
+        Ok(self.receive(channel)?.decode()?)
+    }
+}
+
+impl<L: ChannelLayer + ?Sized> ChannelLayerExt for L {}
+
+fn encode_for_send<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, SendError> {
+    Message::encode(value).map_err(|error: MessageError| SendError::InvalidMessage {
+        error,
+        message: Message::default(),
+    })
+}
+
+/// `now + timeout`, or `None` (no deadline) when that overflows `Instant`.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+macro_rules! forward_channel_layer {
+    ($($target:tt)+) => {
+        fn capabilities(&self) -> $crate::Capabilities {
+            self.$($target)+.capabilities()
+        }
+        fn metrics(&self) -> $crate::MetricsSnapshot {
+            self.$($target)+.metrics()
+        }
+        fn new_channel(&self, prefix: &str) -> Result<String, $crate::NameError> {
+            self.$($target)+.new_channel(prefix)
+        }
+        fn send_async<'a>(&'a self, channel: &'a str, message: $crate::Message)
+            -> $crate::BoxFuture<'a, Result<(), $crate::SendError>> {
+            self.$($target)+.send_async(channel, message)
+        }
+        fn receive_until_async<'a>(&'a self, channel: &'a str, deadline: Option<std::time::Instant>)
+            -> $crate::BoxFuture<'a, Result<$crate::Message, $crate::ReceiveError>> {
+            self.$($target)+.receive_until_async(channel, deadline)
+        }
+        fn try_receive_async<'a>(&'a self, channel: &'a str)
+            -> $crate::BoxFuture<'a, Result<$crate::Message, $crate::TryReceiveError>> {
+            self.$($target)+.try_receive_async(channel)
+        }
+        fn group_add_async<'a>(&'a self, group: &'a str, channel: &'a str)
+            -> $crate::BoxFuture<'a, Result<(), $crate::LayerError>> {
+            self.$($target)+.group_add_async(group, channel)
+        }
+        fn group_discard_async<'a>(&'a self, group: &'a str, channel: &'a str)
+            -> $crate::BoxFuture<'a, Result<(), $crate::LayerError>> {
+            self.$($target)+.group_discard_async(group, channel)
+        }
+        fn group_send_async<'a>(&'a self, group: &'a str, message: $crate::Message)
+            -> $crate::BoxFuture<'a, Result<$crate::GroupSendReport, $crate::LayerError>> {
+            self.$($target)+.group_send_async(group, message)
+        }
+        fn flush_async(&self) -> $crate::BoxFuture<'_, Result<(), $crate::LayerError>> {
+            self.$($target)+.flush_async()
+        }
+        fn close(&self) {
+            self.$($target)+.close()
+        }
+        fn send(&self, channel: &str, message: $crate::Message) -> Result<(), $crate::SendError> {
+            self.$($target)+.send(channel, message)
+        }
+        fn receive_until(&self, channel: &str, deadline: Option<std::time::Instant>)
+            -> Result<$crate::Message, $crate::ReceiveError> {
+            self.$($target)+.receive_until(channel, deadline)
+        }
+        fn try_receive(&self, channel: &str) -> Result<$crate::Message, $crate::TryReceiveError> {
+            self.$($target)+.try_receive(channel)
+        }
+        fn group_add(&self, group: &str, channel: &str) -> Result<(), $crate::LayerError> {
+            self.$($target)+.group_add(group, channel)
+        }
+        fn group_discard(&self, group: &str, channel: &str) -> Result<(), $crate::LayerError> {
+            self.$($target)+.group_discard(group, channel)
+        }
+        fn group_send(&self, group: &str, message: $crate::Message)
+            -> Result<$crate::GroupSendReport, $crate::LayerError> {
+            self.$($target)+.group_send(group, message)
+        }
+        fn flush(&self) -> Result<(), $crate::LayerError> {
+            self.$($target)+.flush()
+        }
+    };
+}
+pub(crate) use forward_channel_layer;
+
+impl<L: ChannelLayer + ?Sized> ChannelLayer for std::sync::Arc<L> {
+    forward_channel_layer!(as_ref());
+}
+
+impl<L: ChannelLayer + ?Sized> ChannelLayer for Box<L> {
+    forward_channel_layer!(as_ref());
+}

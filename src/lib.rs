@@ -1,0 +1,222 @@
+//! A channel layer for Rust services.
+//!
+//! Start with one binary made of separate libraries, give them a *channel layer* to talk over,
+//! and move a piece into its own service only when it has earned it: that piece keeps talking
+//! over the same channels, now through a network backend. This crate is that layer, with the
+//! contract of Django Channels' channel layers: named channels, process-specific channels,
+//! groups, a capacity per channel that pushes back on producers, message expiry, at-most-once
+//! delivery and FIFO order per channel.
+//!
+//! # Hello, channels
+//!
+//! [`InMemoryLayer`] is the embedded default: no server, no feature flag.
+//!
+//! ```
+//! use channel_layer::prelude::*;
+//!
+//! let layer = InMemoryLayer::default();
+//! layer.send("chat.lobby", Message::new("chat.message").with("text", "hello"))?;
+//!
+//! let msg = layer.receive("chat.lobby")?;
+//! assert_eq!(msg.message_type(), Some("chat.message"));
+//! assert_eq!(msg.get("text").and_then(Value::as_str), Some("hello"));
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! Every operation is a method of the [`ChannelLayer`] trait, with conveniences in
+//! [`ChannelLayerExt`]; `use channel_layer::prelude::*` brings both in. Layers are cheap to
+//! clone and share between threads and tasks.
+//!
+//! # Messages
+//!
+//! A [`Message`] is a map with string keys, by convention with a `type` key naming what it is.
+//! Its values ([`Value`]) are exactly what can cross a network: null, booleans, `i64`, `f64`,
+//! strings, bytes (kept distinct from strings), lists and maps. Typed code can skip the dynamic
+//! form: any serde type that serializes as a map goes in and out with [`Message::encode`] and
+//! [`Message::decode`], or [`ChannelLayerExt::send_typed`] and
+//! [`ChannelLayerExt::receive_typed`].
+//!
+//! ```
+//! use channel_layer::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Reserve {
+//!     #[serde(rename = "type")]
+//!     kind: String,
+//!     sku: String,
+//!     qty: u32,
+//! }
+//!
+//! let layer = InMemoryLayer::default();
+//! let order = Reserve { kind: "inventory.reserve".into(), sku: "tea".into(), qty: 2 };
+//! layer.send_typed("inventory.request", &order)?;
+//! let got: Reserve = layer.receive_typed("inventory.request")?;
+//! assert_eq!(got, order);
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! # Process-specific channels
+//!
+//! [`ChannelLayer::new_channel`] mints a name like `reply.<process>!<random>` that belongs to
+//! this layer: the usual way to get a reply channel or a per-connection inbox. The part before
+//! the `!` names the process; the capacity rule that matches the full name bounds all messages
+//! queued under that part together.
+//!
+//! ```
+//! use channel_layer::prelude::*;
+//!
+//! let layer = InMemoryLayer::default();
+//! let reply_to = layer.new_channel("reply")?;
+//! assert!(reply_to.starts_with("reply.") && reply_to.contains('!'));
+//! layer.send(&reply_to, Message::new("pong"))?;
+//! assert_eq!(layer.receive(&reply_to)?.message_type(), Some("pong"));
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! # Groups
+//!
+//! A group is a named set of channels; [`ChannelLayer::group_send`] delivers to every member.
+//! It never fails because a member is full: it reports how many members it skipped, and the
+//! layer counts them.
+//!
+//! ```
+//! use channel_layer::prelude::*;
+//!
+//! let layer = InMemoryLayer::default();
+//! let (a, b) = (layer.new_channel("ws")?, layer.new_channel("ws")?);
+//! layer.group_add("room", &a)?;
+//! layer.group_add("room", &b)?;
+//! let report = layer.group_send("room", Message::new("chat.message"))?;
+//! assert_eq!(report.delivered, 2);
+//! assert!(layer.try_receive(&a).is_ok() && layer.try_receive(&b).is_ok());
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! # Capacity and expiry
+//!
+//! `send` never waits for room. A full channel returns [`SendError::Full`], which hands the
+//! message back so the producer can retry, slow down or drop it. Messages nobody receives
+//! within the expiry are dropped, counted, and their memory reclaimed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use channel_layer::prelude::*;
+//! use channel_layer::SendError;
+//!
+//! let config = LayerConfig::builder()
+//!     .capacity(2)
+//!     .channel_capacity("http.response!*", 10)
+//!     .expiry(Duration::from_secs(30))
+//!     .build()?;
+//! let layer = InMemoryLayer::new(config);
+//! layer.send("jobs", Message::new("job"))?;
+//! layer.send("jobs", Message::new("job"))?;
+//! match layer.send("jobs", Message::new("job")) {
+//!     Err(SendError::Full { channel, capacity, message }) => {
+//!         assert_eq!((channel.as_str(), capacity), ("jobs", 2));
+//!         assert_eq!(message.message_type(), Some("job")); // handed back
+//!     }
+//!     other => panic!("expected Full, got {other:?}"),
+//! }
+//! assert_eq!(layer.metrics().rejected_full, 1);
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! # Blocking and async
+//!
+//! Every operation has a blocking form for plain threads and an async form
+//! (`send_async`, [`ChannelLayerExt::receive_async`], ...) that works on any executor: tokio,
+//! smol, `futures::executor`. The crate starts no runtime; timeouts of async receives are
+//! served by one small timer thread. Async receives are cancel safe: dropping one never loses
+//! a message.
+//!
+//! ```
+//! use std::time::Duration;
+//! use channel_layer::prelude::*;
+//!
+//! let layer = InMemoryLayer::default();
+//! channel_layer::runtime::block_on(async {
+//!     layer.send_async("events", Message::new("tick")).await?;
+//!     let msg = layer.receive_timeout_async("events", Duration::from_secs(1)).await?;
+//!     assert_eq!(msg.message_type(), Some("tick"));
+//!     Ok::<(), channel_layer::Error>(())
+//! })?;
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! # Choosing the backend at run time
+//!
+//! [`AnyLayer`] wraps any backend behind one type, and [`AnyLayer::from_url`] builds one from a
+//! URL, so the same binary runs all-in-one or split across processes by configuration alone.
+//! Third-party backends plug into the same constructor with [`register_backend`].
+//!
+//! ```
+//! use channel_layer::prelude::*;
+//!
+//! // Typically AnyLayer::from_env("CHANNEL_LAYER_URL"), falling back to memory://.
+//! let layer = AnyLayer::from_url("memory://?capacity=500&expiry=30")?;
+//! layer.send("svc.request", Message::new("ping"))?;
+//! # Ok::<(), channel_layer::Error>(())
+//! ```
+//!
+//! # Metrics
+//!
+//! [`ChannelLayer::metrics`] returns a cheap [`MetricsSnapshot`]: messages sent, received,
+//! rejected as full, expired, flushed, group deliveries and skips, and the current number of
+//! queued messages, channels and groups. Nothing the layer drops goes uncounted.
+//!
+//! # Writing a backend
+//!
+//! Implement [`ChannelLayer`] (the async methods are required; the blocking ones have
+//! defaults), wrap it in [`AnyLayer`], and run the conformance suite from the `testing`
+//! module (feature `testing`) against it: one macro call runs every case of the contract.
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | *(none)* | the in-memory backend, the trait, messages, metrics: everything above |
+//! | `testing` | `channel_layer::testing`, the conformance suite for backends |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+mod any;
+mod config;
+mod error;
+mod layer;
+mod memory;
+pub mod message;
+pub mod metrics;
+pub mod name;
+pub mod runtime;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use crate::any::{AnyLayer, BackendFactory, parse_url_params, register_backend};
+pub use crate::config::{
+    CapacityRule, DEFAULT_CAPACITY, DEFAULT_EXPIRY, DEFAULT_GROUP_EXPIRY, LayerConfig,
+    LayerConfigBuilder,
+};
+pub use crate::error::{
+    BackendError, BackendErrorKind, BuildError, Error, LayerError, ReceiveError, SendError,
+    TryReceiveError,
+};
+pub use crate::layer::{
+    BoxFuture, Capabilities, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX,
+    GroupSendReport,
+};
+pub use crate::memory::InMemoryLayer;
+pub use crate::message::{Map, Message, MessageError, Value};
+pub use crate::metrics::MetricsSnapshot;
+pub use crate::name::NameError;
+
+/// The traits and types most code needs: `use channel_layer::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AnyLayer, ChannelLayer, ChannelLayerExt, InMemoryLayer, LayerConfig, Message, Value,
+    };
+}

@@ -1,0 +1,123 @@
+//! Group membership for the in-memory backend.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+
+use super::store::Hashes;
+use crate::error::LayerError;
+use crate::metrics::MetricsSnapshot;
+use crate::name::{validate_channel, validate_group};
+
+struct Member {
+    /// When the membership lapses: `group_expiry` after the latest `group_add`.
+    until: Instant,
+    hashes: Hashes,
+}
+
+/// The members of one group, by channel name.
+type Members = HashMap<Box<str>, Member>;
+
+/// Groups and their members, each with the time its membership lapses.
+pub(crate) struct Groups {
+    expiry: Duration,
+    sends: AtomicU64,
+    map: RwLock<HashMap<Box<str>, Members>>,
+}
+
+impl Groups {
+    pub(crate) fn new(expiry: Duration) -> Self {
+        Groups {
+            expiry,
+            sends: AtomicU64::new(0),
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn add(&self, group: &str, channel: &str, hashes: Hashes) -> Result<(), LayerError> {
+        validate_group(group)?;
+        validate_channel(channel)?;
+        let now = Instant::now();
+        let until = now
+            .checked_add(self.expiry)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
+        let mut map = self.map.write();
+        let members = match map.get_mut(group) {
+            Some(m) => m,
+            None => map.entry(group.into()).or_default(),
+        };
+        match members.get_mut(channel) {
+            Some(m) => m.until = until,
+            None => {
+                members.insert(channel.into(), Member { until, hashes });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        validate_group(group)?;
+        validate_channel(channel)?;
+        let mut map = self.map.write();
+        if let Some(members) = map.get_mut(group) {
+            members.remove(channel);
+            if members.is_empty() {
+                map.remove(group);
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `deliver` for every member of `group` whose membership has not lapsed at `now`.
+    ///
+    /// The group map stays read-locked meanwhile: concurrent `group_send`s proceed together,
+    /// and membership changes wait for them (never the other way round, so no deadlock: the
+    /// shard locks `deliver` takes are never held while this lock is requested).
+    pub(crate) fn for_each_member(
+        &self,
+        group: &str,
+        now: Instant,
+        mut deliver: impl FnMut(&str, Hashes),
+    ) -> Result<(), LayerError> {
+        validate_group(group)?;
+        self.sends.fetch_add(1, Ordering::Relaxed);
+        let map = self.map.read();
+        if let Some(members) = map.get(group) {
+            for (name, member) in members {
+                if member.until > now {
+                    deliver(name, member.hashes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets lapsed memberships and empty groups.
+    pub(crate) fn prune(&self, now: Instant) {
+        // Look first under the read lock; most sweeps find nothing to do.
+        let any_lapsed = self
+            .map
+            .read()
+            .values()
+            .any(|members| members.values().any(|m| m.until <= now));
+        if !any_lapsed {
+            return;
+        }
+        let mut map = self.map.write();
+        map.retain(|_, members| {
+            members.retain(|_, m| m.until > now);
+            !members.is_empty()
+        });
+    }
+
+    pub(crate) fn clear(&self) {
+        self.map.write().clear();
+    }
+
+    pub(crate) fn add_to(&self, snap: &mut MetricsSnapshot) {
+        snap.groups += self.map.read().len() as u64;
+        snap.group_sends += self.sends.load(Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,564 @@
+//! The in-memory backend: the embedded default, needing no server.
+
+mod groups;
+mod store;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hashbrown::DefaultHashBuilder;
+use parking_lot::MutexGuard;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use self::groups::Groups;
+use self::store::{Key, PaddedShard, SHARDS, Shard, Wake};
+use crate::config::LayerConfig;
+use crate::error::{BuildError, LayerError, ReceiveError, SendError, TryReceiveError};
+use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
+use crate::message::Message;
+use crate::metrics::MetricsSnapshot;
+use crate::name::{NameError, validate_channel, validate_prefix};
+use crate::runtime::{Sweep, TimerSlot, sweep_every};
+
+/// Length of the random process id and of the random local part in minted names.
+const RANDOM_LEN: usize = 12;
+
+/// The in-memory channel layer: every channel, group and message lives in this process.
+///
+/// It is the embedded default: one binary, many services talking over channels, no server.
+/// Clones share the same layer. It follows the same contract as every backend (see
+/// [`ChannelLayer`]), and accepts only messages that could cross a network unchanged, so a
+/// service can later be split out onto a network backend with nothing else changing.
+///
+/// Blocking calls park the thread; async calls work on any executor. Expired messages are
+/// dropped when a receiver meets them and by a periodic sweep on the crate's timer thread, so
+/// memory comes back even for channels nobody reads; a channel left empty with no receiver
+/// waiting is forgotten.
+///
+/// # Differences from Django's `InMemoryChannelLayer`
+///
+/// - Capacity of a process-specific channel `a!b` bounds all messages queued under `a!`, as the
+///   specification says (Django counts each full name separately).
+/// - An expired message does not remove its channel from groups (channels_redis does not
+///   either); membership lapses only `group_expiry` after the latest `group_add`.
+/// - `channel_capacity` rules work (Django's in-memory layer never compiles them, spec §1.6).
+///
+/// # Examples
+///
+/// ```
+/// use channel_layer::prelude::*;
+///
+/// let layer = InMemoryLayer::default();
+/// layer.send("inventory.request", Message::new("inventory.check").with("sku", "A-1"))?;
+/// let msg = layer.receive("inventory.request")?;
+/// assert_eq!(msg.get("sku").and_then(|v| v.as_str()), Some("A-1"));
+/// # Ok::<(), channel_layer::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct InMemoryLayer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LayerConfig,
+    hasher: DefaultHashBuilder,
+    shards: Box<[PaddedShard]>,
+    groups: Groups,
+    closed: AtomicBool,
+    process_id: String,
+    next_waiter: AtomicU64,
+}
+
+impl Default for InMemoryLayer {
+    fn default() -> Self {
+        InMemoryLayer::new(LayerConfig::default())
+    }
+}
+
+impl fmt::Debug for InMemoryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryLayer")
+            .field("process_id", &self.inner.process_id)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_name_part() -> String {
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(RANDOM_LEN)
+        .map(char::from)
+        .collect()
+}
+
+impl InMemoryLayer {
+    /// A layer with `config` (use [`LayerConfig::default`] or [`InMemoryLayer::default`] for
+    /// the spec's defaults).
+    ///
+    /// A configuration that did not come from [`crate::LayerConfigBuilder::build`] is used as
+    /// it is; a zero capacity then rejects every send.
+    pub fn new(config: LayerConfig) -> Self {
+        let sweep_interval = (config.expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let inner = Arc::new(Inner {
+            groups: Groups::new(config.group_expiry),
+            config,
+            hasher: DefaultHashBuilder::default(),
+            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            closed: AtomicBool::new(false),
+            process_id: random_name_part(),
+            next_waiter: AtomicU64::new(1),
+        });
+        let weak: Weak<dyn Sweep> = Arc::downgrade(&inner) as Weak<dyn Sweep>;
+        sweep_every(sweep_interval, weak);
+        InMemoryLayer { inner }
+    }
+
+    /// A layer from a `memory://` URL; query parameters `capacity`, `expiry` and
+    /// `group_expiry` (seconds) set the options.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] for another scheme, a host or path, an unknown parameter or a bad value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_layer::InMemoryLayer;
+    ///
+    /// let layer = InMemoryLayer::from_url("memory://?capacity=10&expiry=0.5")?;
+    /// assert_eq!(layer.config().capacity, 10);
+    /// assert!(InMemoryLayer::from_url("memory://?capacity=10&colour=red").is_err());
+    /// # Ok::<(), channel_layer::BuildError>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, BuildError> {
+        let parsed = url::Url::parse(url).map_err(|e| BuildError::InvalidUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let bad = |reason: &str| BuildError::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if parsed.scheme() != "memory" {
+            return Err(bad("the in-memory layer takes memory:// URLs"));
+        }
+        if parsed.host_str().is_some_and(|h| !h.is_empty())
+            || !matches!(parsed.path(), "" | "/")
+        {
+            return Err(bad("a memory:// URL has no host or path, only ?options"));
+        }
+        let (config, _) = crate::any::parse_url_params(url, &[])?;
+        Ok(InMemoryLayer::new(config))
+    }
+
+    /// The configuration this layer runs with.
+    pub fn config(&self) -> &LayerConfig {
+        &self.inner.config
+    }
+}
+
+impl Inner {
+    fn key<'a>(&self, channel: &'a str) -> Key<'a> {
+        Key::new(&self.hasher, channel)
+    }
+
+    fn shard(&self, key: &Key<'_>) -> MutexGuard<'_, Shard> {
+        self.shards[key.shard()].0.lock()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn deadline(&self, now: Instant) -> Instant {
+        now.checked_add(self.config.expiry)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+    }
+
+    fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed { message });
+        }
+        if let Err(error) = validate_channel(channel) {
+            return Err(SendError::InvalidName { error, message });
+        }
+        if let Err(error) = message.check_reserved() {
+            return Err(SendError::InvalidMessage { error, message });
+        }
+        let key = self.key(channel);
+        let now = Instant::now();
+        let deadline = self.deadline(now);
+        let mut shard = self.shard(&key);
+        let result = shard.push(&key, message, now, deadline, || {
+            self.config.capacity_for(channel)
+        });
+        match result {
+            Ok(wake) => {
+                shard.stats.sent += 1;
+                drop(shard);
+                if let Some(w) = wake {
+                    w.wake();
+                }
+                Ok(())
+            }
+            Err(full) => {
+                shard.stats.rejected_full += 1;
+                Err(SendError::Full {
+                    channel: channel.to_owned(),
+                    capacity: full.capacity,
+                    message: full.message,
+                })
+            }
+        }
+    }
+
+    fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
+        if self.is_closed() {
+            return Err(TryReceiveError::Closed);
+        }
+        validate_channel(channel)?;
+        let key = self.key(channel);
+        self.shard(&key)
+            .pop(&key, Instant::now())
+            .ok_or(TryReceiveError::Empty)
+    }
+
+    fn receive_blocking(&self, channel: &str, deadline: Option<Instant>) -> Result<Message, ReceiveError> {
+        validate_channel(channel)?;
+        let key = self.key(channel);
+        // Spin briefly before parking: a producer on another core usually delivers within
+        // microseconds, and parking costs a system call on each side.
+        for step in 0..8u32 {
+            if self.is_closed() {
+                return Err(ReceiveError::Closed);
+            }
+            if let Some(m) = self.shard(&key).pop(&key, Instant::now()) {
+                return Ok(m);
+            }
+            if step < 6 {
+                for _ in 0..(1u32 << step) {
+                    std::hint::spin_loop();
+                }
+            } else {
+                thread::yield_now();
+            }
+        }
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let mut registered = false;
+        loop {
+            let mut shard = self.shard(&key);
+            let now = Instant::now();
+            let outcome = if self.is_closed() {
+                Some(Err(ReceiveError::Closed))
+            } else if let Some(m) = shard.pop(&key, now) {
+                Some(Ok(m))
+            } else if deadline.is_some_and(|d| now >= d) {
+                Some(Err(ReceiveError::Timeout))
+            } else {
+                None
+            };
+            if let Some(result) = outcome {
+                let pass_on = if registered {
+                    shard.deregister(&key, id)
+                } else {
+                    None
+                };
+                drop(shard);
+                if let Some(w) = pass_on {
+                    w.wake();
+                }
+                return result;
+            }
+            shard.register(
+                &key,
+                id,
+                || Wake::Thread(thread::current()),
+                |_| {},
+                || self.config.capacity_for(channel),
+            );
+            registered = true;
+            drop(shard);
+            match deadline {
+                Some(d) => thread::park_timeout(d.saturating_duration_since(now)),
+                None => thread::park(),
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut wake = Vec::new();
+        for shard in self.shards.iter() {
+            shard.0.lock().drain_waiters(&mut wake);
+        }
+        wake.into_iter().for_each(Wake::wake);
+    }
+
+    fn flush(&self) -> Result<(), LayerError> {
+        if self.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        self.groups.clear();
+        let mut wake = Vec::new();
+        for shard in self.shards.iter() {
+            shard.0.lock().flush(&mut wake);
+        }
+        wake.into_iter().for_each(Wake::wake);
+        Ok(())
+    }
+
+    fn group_add(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        if self.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        let key = self.key(channel);
+        self.groups.add(group, channel, key.hashes())
+    }
+
+    fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        if self.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        self.groups.discard(group, channel)
+    }
+
+    fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, LayerError> {
+        if self.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        message.check_reserved()?;
+        let now = Instant::now();
+        let deadline = self.deadline(now);
+        let mut report = GroupSendReport::default();
+        self.groups.for_each_member(group, now, |name, hashes| {
+            let key = Key::with_hashes(name, hashes);
+            let mut shard = self.shard(&key);
+            match shard.push(&key, message.clone(), now, deadline, || {
+                self.config.capacity_for(name)
+            }) {
+                Ok(wake) => {
+                    shard.stats.group_deliveries += 1;
+                    drop(shard);
+                    report.delivered += 1;
+                    if let Some(w) = wake {
+                        w.wake();
+                    }
+                }
+                Err(_) => {
+                    shard.stats.group_skipped_full += 1;
+                    report.skipped_full += 1;
+                }
+            }
+        })?;
+        Ok(report)
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        let mut snap = MetricsSnapshot::default();
+        for shard in self.shards.iter() {
+            shard.0.lock().add_to(&mut snap);
+        }
+        self.groups.add_to(&mut snap);
+        snap
+    }
+}
+
+impl Sweep for Inner {
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            shard.0.lock().prune_where(now, |_| true);
+        }
+        self.groups.prune(now);
+    }
+}
+
+/// The future behind the async receive: takes a message only in the poll that returns it.
+struct Receive<'a> {
+    inner: &'a Inner,
+    channel: &'a str,
+    key: Option<Key<'a>>,
+    id: u64,
+    registered: bool,
+    timer: Option<TimerSlot>,
+}
+
+impl Receive<'_> {
+    fn withdraw(&mut self) {
+        if let (true, Some(key)) = (self.registered, self.key) {
+            self.registered = false;
+            let pass_on = self.inner.shard(&key).deregister(&key, self.id);
+            if let Some(w) = pass_on {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Future for Receive<'_> {
+    type Output = Result<Message, ReceiveError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let key = match this.key {
+            Some(k) => k,
+            None => {
+                validate_channel(this.channel)?;
+                let k = this.inner.key(this.channel);
+                this.key = Some(k);
+                k
+            }
+        };
+        if this.inner.is_closed() {
+            this.withdraw();
+            return Poll::Ready(Err(ReceiveError::Closed));
+        }
+        let mut shard = this.inner.shard(&key);
+        if let Some(m) = shard.pop(&key, Instant::now()) {
+            let pass_on = if this.registered {
+                this.registered = false;
+                shard.deregister(&key, this.id)
+            } else {
+                None
+            };
+            drop(shard);
+            if let Some(w) = pass_on {
+                w.wake();
+            }
+            return Poll::Ready(Ok(m));
+        }
+        if let Some(timer) = &mut this.timer {
+            if timer.poll_expired(cx) {
+                drop(shard);
+                this.withdraw();
+                return Poll::Ready(Err(ReceiveError::Timeout));
+            }
+        }
+        let inner = this.inner;
+        let channel = this.channel;
+        shard.register(
+            &key,
+            this.id,
+            || Wake::Task(cx.waker().clone()),
+            |wake| match wake {
+                Wake::Task(w) => w.clone_from(cx.waker()),
+                other => *other = Wake::Task(cx.waker().clone()),
+            },
+            || inner.config.capacity_for(channel),
+        );
+        this.registered = true;
+        Poll::Pending
+    }
+}
+
+impl Drop for Receive<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+impl ChannelLayer for InMemoryLayer {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .with_groups(true)
+            .with_flush(true)
+            .with_receive_any_process_channel(true)
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics()
+    }
+
+    fn new_channel(&self, prefix: &str) -> Result<String, NameError> {
+        validate_prefix(prefix, 2 + 2 * RANDOM_LEN)?;
+        Ok(format!(
+            "{prefix}.{}!{}",
+            self.inner.process_id,
+            random_name_part()
+        ))
+    }
+
+    fn send_async<'a>(&'a self, channel: &'a str, message: Message) -> BoxFuture<'a, Result<(), SendError>> {
+        let result = self.inner.send(channel, message);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn receive_until_async<'a>(
+        &'a self,
+        channel: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Message, ReceiveError>> {
+        Box::pin(Receive {
+            inner: &self.inner,
+            channel,
+            key: None,
+            id: self.inner.next_waiter.fetch_add(1, Ordering::Relaxed),
+            registered: false,
+            timer: deadline.map(TimerSlot::new),
+        })
+    }
+
+    fn try_receive_async<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Message, TryReceiveError>> {
+        Box::pin(std::future::ready(self.inner.try_receive(channel)))
+    }
+
+    fn group_add_async<'a>(&'a self, group: &'a str, channel: &'a str) -> BoxFuture<'a, Result<(), LayerError>> {
+        Box::pin(std::future::ready(self.inner.group_add(group, channel)))
+    }
+
+    fn group_discard_async<'a>(&'a self, group: &'a str, channel: &'a str) -> BoxFuture<'a, Result<(), LayerError>> {
+        Box::pin(std::future::ready(self.inner.group_discard(group, channel)))
+    }
+
+    fn group_send_async<'a>(
+        &'a self,
+        group: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<GroupSendReport, LayerError>> {
+        Box::pin(std::future::ready(self.inner.group_send(group, message)))
+    }
+
+    fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>> {
+        Box::pin(std::future::ready(self.inner.flush()))
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        self.inner.send(channel, message)
+    }
+
+    fn receive_until(&self, channel: &str, deadline: Option<Instant>) -> Result<Message, ReceiveError> {
+        self.inner.receive_blocking(channel, deadline)
+    }
+
+    fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
+        self.inner.try_receive(channel)
+    }
+
+    fn group_add(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        self.inner.group_add(group, channel)
+    }
+
+    fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        self.inner.group_discard(group, channel)
+    }
+
+    fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, LayerError> {
+        self.inner.group_send(group, message)
+    }
+
+    fn flush(&self) -> Result<(), LayerError> {
+        self.inner.flush()
+    }
+}

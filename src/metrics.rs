@@ -1,0 +1,89 @@
+//! Counters every layer keeps, so that whatever it drops is visible.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a layer's counters and gauges.
+///
+/// Counters only grow (until the layer object is dropped); gauges (`queued_messages`,
+/// `channels`, `groups`) describe the moment of the snapshot. For a backend shared between
+/// processes, counters describe this layer object's own operations, and gauges what it can see
+/// cheaply (zero where it cannot).
+///
+/// Accounting holds at any quiet moment: `sent + group_deliveries == received + expired +
+/// flushed + queued_messages` for a layer that is the only user of its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Messages accepted by `send`.
+    pub sent: u64,
+    /// Messages handed to a receiver.
+    pub received: u64,
+    /// Sends rejected with `ChannelFull`.
+    pub rejected_full: u64,
+    /// Messages dropped because they expired before anyone received them.
+    pub expired: u64,
+    /// Messages dropped by `flush`.
+    pub flushed: u64,
+    /// Calls to `group_send`.
+    pub group_sends: u64,
+    /// Messages `group_send` delivered to members' channels.
+    pub group_deliveries: u64,
+    /// Members `group_send` skipped because their channel was full.
+    pub group_skipped_full: u64,
+    /// Messages a network backend read but could not decode, and dropped.
+    pub undecodable: u64,
+    /// Messages queued now.
+    pub queued_messages: u64,
+    /// Channels holding messages or waiting receivers now.
+    pub channels: u64,
+    /// Groups with at least one member now.
+    pub groups: u64,
+}
+
+/// Thread-safe counters a backend can embed; [`Counters::snapshot`] fills the counter fields of
+/// a [`MetricsSnapshot`] (the gauges are the backend's to fill).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// See [`MetricsSnapshot::sent`].
+    pub sent: AtomicU64,
+    /// See [`MetricsSnapshot::received`].
+    pub received: AtomicU64,
+    /// See [`MetricsSnapshot::rejected_full`].
+    pub rejected_full: AtomicU64,
+    /// See [`MetricsSnapshot::expired`].
+    pub expired: AtomicU64,
+    /// See [`MetricsSnapshot::flushed`].
+    pub flushed: AtomicU64,
+    /// See [`MetricsSnapshot::group_sends`].
+    pub group_sends: AtomicU64,
+    /// See [`MetricsSnapshot::group_deliveries`].
+    pub group_deliveries: AtomicU64,
+    /// See [`MetricsSnapshot::group_skipped_full`].
+    pub group_skipped_full: AtomicU64,
+    /// See [`MetricsSnapshot::undecodable`].
+    pub undecodable: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters, with the gauges left at zero.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            sent: get(&self.sent),
+            received: get(&self.received),
+            rejected_full: get(&self.rejected_full),
+            expired: get(&self.expired),
+            flushed: get(&self.flushed),
+            group_sends: get(&self.group_sends),
+            group_deliveries: get(&self.group_deliveries),
+            group_skipped_full: get(&self.group_skipped_full),
+            undecodable: get(&self.undecodable),
+            ..MetricsSnapshot::default()
+        }
+    }
+}
