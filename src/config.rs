@@ -48,8 +48,9 @@ impl CapacityRule {
     ///
     /// [`BuildError::InvalidOption`] when the capacity is zero.
     pub fn glob(pattern: &str, capacity: usize) -> Result<Self, BuildError> {
-        let regex = Regex::new(&glob_to_regex(pattern))
-            .map_err(|e| BuildError::invalid_option("channel_capacity glob", pattern, e.to_string()))?;
+        let regex = Regex::new(&glob_to_regex(pattern)).map_err(|e| {
+            BuildError::invalid_option("channel_capacity glob", pattern, e.to_string())
+        })?;
         Self::checked(Pattern::Glob(pattern.to_owned(), regex), capacity, pattern)
     }
 
@@ -384,8 +385,18 @@ mod tests {
     #[test]
     fn rejects_zero() {
         assert!(LayerConfig::builder().capacity(0).build().is_err());
-        assert!(LayerConfig::builder().expiry(Duration::ZERO).build().is_err());
-        assert!(LayerConfig::builder().channel_capacity("x", 0).build().is_err());
+        assert!(
+            LayerConfig::builder()
+                .expiry(Duration::ZERO)
+                .build()
+                .is_err()
+        );
+        assert!(
+            LayerConfig::builder()
+                .channel_capacity("x", 0)
+                .build()
+                .is_err()
+        );
     }
 
     #[test]

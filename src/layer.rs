@@ -216,7 +216,11 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     ///
     /// [`ReceiveError::Timeout`] when the deadline passes, [`ReceiveError::Closed`] when the
     /// layer is closed, [`ReceiveError::InvalidName`].
-    fn receive_until(&self, channel: &str, deadline: Option<Instant>) -> Result<Message, ReceiveError> {
+    fn receive_until(
+        &self,
+        channel: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Message, ReceiveError> {
         block_on(self.receive_until_async(channel, deadline))
     }
 
@@ -293,7 +297,10 @@ pub trait ChannelLayerExt: ChannelLayer {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future never loses a message.
-    fn receive_async<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Message, ReceiveError>> {
+    fn receive_async<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Message, ReceiveError>> {
         self.receive_until_async(channel, None)
     }
 
@@ -323,7 +330,11 @@ pub trait ChannelLayerExt: ChannelLayer {
     ///
     /// [`SendError::InvalidMessage`] when the value does not encode (the returned message is
     /// then empty), and every error of [`ChannelLayer::send`].
-    fn send_typed<T: serde::Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<(), SendError> {
+    fn send_typed<T: serde::Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        value: &T,
+    ) -> Result<(), SendError> {
         let message = encode_for_send(value)?;
         self.send(channel, message)
     }
@@ -334,7 +345,10 @@ pub trait ChannelLayerExt: ChannelLayer {
     ///
     /// [`crate::Error::Receive`] when nothing is received, [`crate::Error::Message`] when the
     /// message does not decode (it is then lost: it was already taken from the channel).
-    fn receive_typed<T: serde::de::DeserializeOwned>(&self, channel: &str) -> Result<T, crate::Error> {
+    fn receive_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        channel: &str,
+    ) -> Result<T, crate::Error> {
         Ok(self.receive(channel)?.decode()?)
     }
 }

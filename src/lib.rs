@@ -206,13 +206,17 @@ pub use crate::error::{
     TryReceiveError,
 };
 pub use crate::layer::{
-    BoxFuture, Capabilities, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX,
-    GroupSendReport,
+    BoxFuture, Capabilities, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX, GroupSendReport,
 };
 pub use crate::memory::InMemoryLayer;
 pub use crate::message::{Map, Message, MessageError, Value};
 pub use crate::metrics::MetricsSnapshot;
 pub use crate::name::NameError;
+
+/// README.md's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// The traits and types most code needs: `use channel_layer::prelude::*;`.
 pub mod prelude {

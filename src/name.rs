@@ -264,7 +264,14 @@ mod tests {
 
     #[test]
     fn channel_names() {
-        for ok in ["a", "chat.lobby", "a-b_c.d", "foo!", "specific.x!y", "A9!z.-_"] {
+        for ok in [
+            "a",
+            "chat.lobby",
+            "a-b_c.d",
+            "foo!",
+            "specific.x!y",
+            "A9!z.-_",
+        ] {
             assert!(validate_channel(ok).is_ok(), "{ok}");
         }
         let problem = |n: &str| validate_channel(n).unwrap_err().problem().clone();
@@ -281,10 +288,7 @@ mod tests {
         );
         assert_eq!(
             problem("chat\n"),
-            NameProblem::InvalidChar {
-                ch: '\n',
-                index: 4
-            }
+            NameProblem::InvalidChar { ch: '\n', index: 4 }
         );
         assert_eq!(
             problem("a!é"),

@@ -174,7 +174,8 @@ impl TimerSlot {
                     // Already fired (the deadline is about to pass): register again.
                     _ => {
                         drop(state);
-                        self.key = Some(timer.insert(self.deadline, Entry::Wake(cx.waker().clone())));
+                        self.key =
+                            Some(timer.insert(self.deadline, Entry::Wake(cx.waker().clone())));
                     }
                 }
             }
@@ -236,7 +237,11 @@ impl Future for Sleep {
 /// assert!(start.elapsed() >= Duration::from_millis(20));
 /// ```
 pub fn sleep(duration: Duration) -> Sleep {
-    sleep_until(Instant::now().checked_add(duration).unwrap_or_else(far_future))
+    sleep_until(
+        Instant::now()
+            .checked_add(duration)
+            .unwrap_or_else(far_future),
+    )
 }
 
 /// Completes at `deadline`, on any executor.

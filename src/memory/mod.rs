@@ -18,7 +18,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use self::groups::Groups;
-use self::store::{Key, PaddedShard, SHARDS, Shard, Wake};
+use self::store::{Key, PaddedShard, Refused, SHARDS, Shard, Wake};
 use crate::config::LayerConfig;
 use crate::error::{BuildError, LayerError, ReceiveError, SendError, TryReceiveError};
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
@@ -106,7 +106,8 @@ impl InMemoryLayer {
     /// A configuration that did not come from [`crate::LayerConfigBuilder::build`] is used as
     /// it is; a zero capacity then rejects every send.
     pub fn new(config: LayerConfig) -> Self {
-        let sweep_interval = (config.expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let sweep_interval =
+            (config.expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let inner = Arc::new(Inner {
             groups: Groups::new(config.group_expiry),
             config,
@@ -150,9 +151,7 @@ impl InMemoryLayer {
         if parsed.scheme() != "memory" {
             return Err(bad("the in-memory layer takes memory:// URLs"));
         }
-        if parsed.host_str().is_some_and(|h| !h.is_empty())
-            || !matches!(parsed.path(), "" | "/")
-        {
+        if parsed.host_str().is_some_and(|h| !h.is_empty()) || !matches!(parsed.path(), "" | "/") {
             return Err(bad("a memory:// URL has no host or path, only ?options"));
         }
         let (config, _) = crate::any::parse_url_params(url, &[])?;
@@ -187,9 +186,6 @@ impl Inner {
         if self.is_closed() {
             return Err(SendError::Closed { message });
         }
-        if let Err(error) = validate_channel(channel) {
-            return Err(SendError::InvalidName { error, message });
-        }
         if let Err(error) = message.check_reserved() {
             return Err(SendError::InvalidMessage { error, message });
         }
@@ -197,10 +193,7 @@ impl Inner {
         let now = Instant::now();
         let deadline = self.deadline(now);
         let mut shard = self.shard(&key);
-        let result = shard.push(&key, message, now, deadline, || {
-            self.config.capacity_for(channel)
-        });
-        match result {
+        match shard.push(&key, message, now, deadline, || self.new_chan(channel)) {
             Ok(wake) => {
                 shard.stats.sent += 1;
                 drop(shard);
@@ -209,30 +202,47 @@ impl Inner {
                 }
                 Ok(())
             }
-            Err(full) => {
+            Err(Refused::Full { capacity, message }) => {
                 shard.stats.rejected_full += 1;
                 Err(SendError::Full {
                     channel: channel.to_owned(),
-                    capacity: full.capacity,
-                    message: full.message,
+                    capacity,
+                    message,
                 })
             }
+            Err(Refused::InvalidName { error, message }) => {
+                Err(SendError::InvalidName { error, message })
+            }
         }
+    }
+
+    /// Checks the name of a channel about to be made and gives its capacity.
+    fn new_chan(&self, channel: &str) -> Result<usize, NameError> {
+        validate_channel(channel)?;
+        Ok(self.config.capacity_for(channel))
     }
 
     fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
         if self.is_closed() {
             return Err(TryReceiveError::Closed);
         }
-        validate_channel(channel)?;
         let key = self.key(channel);
-        self.shard(&key)
-            .pop(&key, Instant::now())
-            .ok_or(TryReceiveError::Empty)
+        let found = self.shard(&key).pop(&key, Instant::now());
+        match found {
+            Some(m) => Ok(m),
+            // Only a name that made no channel can be invalid: check it on this slow path.
+            None => {
+                validate_channel(channel)?;
+                Err(TryReceiveError::Empty)
+            }
+        }
     }
 
-    fn receive_blocking(&self, channel: &str, deadline: Option<Instant>) -> Result<Message, ReceiveError> {
-        validate_channel(channel)?;
+    fn receive_blocking(
+        &self,
+        channel: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Message, ReceiveError> {
         let key = self.key(channel);
         // Spin briefly before parking: a producer on another core usually delivers within
         // microseconds, and parking costs a system call on each side.
@@ -242,6 +252,9 @@ impl Inner {
             }
             if let Some(m) = self.shard(&key).pop(&key, Instant::now()) {
                 return Ok(m);
+            }
+            if step == 0 {
+                validate_channel(channel)?;
             }
             if step < 6 {
                 for _ in 0..(1u32 << step) {
@@ -342,7 +355,7 @@ impl Inner {
             let key = Key::with_hashes(name, hashes);
             let mut shard = self.shard(&key);
             match shard.push(&key, message.clone(), now, deadline, || {
-                self.config.capacity_for(name)
+                Ok(self.config.capacity_for(name))
             }) {
                 Ok(wake) => {
                     shard.stats.group_deliveries += 1;
@@ -408,15 +421,7 @@ impl Future for Receive<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let key = match this.key {
-            Some(k) => k,
-            None => {
-                validate_channel(this.channel)?;
-                let k = this.inner.key(this.channel);
-                this.key = Some(k);
-                k
-            }
-        };
+        let key = *this.key.get_or_insert_with(|| this.inner.key(this.channel));
         if this.inner.is_closed() {
             this.withdraw();
             return Poll::Ready(Err(ReceiveError::Closed));
@@ -434,6 +439,12 @@ impl Future for Receive<'_> {
                 w.wake();
             }
             return Poll::Ready(Ok(m));
+        }
+        if !this.registered {
+            // Only a name that made no channel can be invalid: check it before making one.
+            if let Err(e) = validate_channel(this.channel) {
+                return Poll::Ready(Err(e.into()));
+            }
         }
         if let Some(timer) = &mut this.timer {
             if timer.poll_expired(cx) {
@@ -486,7 +497,11 @@ impl ChannelLayer for InMemoryLayer {
         ))
     }
 
-    fn send_async<'a>(&'a self, channel: &'a str, message: Message) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
         let result = self.inner.send(channel, message);
         Box::pin(std::future::ready(result))
     }
@@ -506,15 +521,26 @@ impl ChannelLayer for InMemoryLayer {
         })
     }
 
-    fn try_receive_async<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Message, TryReceiveError>> {
+    fn try_receive_async<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Message, TryReceiveError>> {
         Box::pin(std::future::ready(self.inner.try_receive(channel)))
     }
 
-    fn group_add_async<'a>(&'a self, group: &'a str, channel: &'a str) -> BoxFuture<'a, Result<(), LayerError>> {
+    fn group_add_async<'a>(
+        &'a self,
+        group: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(), LayerError>> {
         Box::pin(std::future::ready(self.inner.group_add(group, channel)))
     }
 
-    fn group_discard_async<'a>(&'a self, group: &'a str, channel: &'a str) -> BoxFuture<'a, Result<(), LayerError>> {
+    fn group_discard_async<'a>(
+        &'a self,
+        group: &'a str,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(), LayerError>> {
         Box::pin(std::future::ready(self.inner.group_discard(group, channel)))
     }
 
@@ -538,7 +564,11 @@ impl ChannelLayer for InMemoryLayer {
         self.inner.send(channel, message)
     }
 
-    fn receive_until(&self, channel: &str, deadline: Option<Instant>) -> Result<Message, ReceiveError> {
+    fn receive_until(
+        &self,
+        channel: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Message, ReceiveError> {
         self.inner.receive_blocking(channel, deadline)
     }
 

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
-use crate::name::non_local_name;
+use crate::name::{NameError, non_local_name};
 
 /// The number of shards; a power of two.
 pub(crate) const SHARDS: usize = 64;
@@ -52,6 +52,17 @@ pub(crate) struct Chan {
 }
 
 impl Chan {
+    fn new(key: &Key<'_>, capacity: usize) -> Self {
+        Chan {
+            name: key.name.into(),
+            hash: key.hash,
+            shard_hash: key.shard_hash,
+            capacity,
+            items: VecDeque::new(),
+            waiters: VecDeque::new(),
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.items.is_empty() && self.waiters.is_empty()
     }
@@ -137,10 +148,10 @@ impl<'a> Key<'a> {
     }
 }
 
-/// Why a delivery was refused.
-pub(crate) struct Full {
-    pub(crate) capacity: usize,
-    pub(crate) message: Message,
+/// Why a delivery was refused; the message comes back.
+pub(crate) enum Refused {
+    Full { capacity: usize, message: Message },
+    InvalidName { error: NameError, message: Message },
 }
 
 #[derive(Default)]
@@ -156,112 +167,99 @@ pub(crate) struct Shard {
 pub(crate) struct PaddedShard(pub(crate) Mutex<Shard>);
 
 impl Shard {
-    fn chan(&self, key: &Key<'_>) -> Option<&Chan> {
-        self.channels.find(key.hash, |c| &*c.name == key.name)
-    }
-
     pub(crate) fn chan_mut(&mut self, key: &Key<'_>) -> Option<&mut Chan> {
         self.channels.find_mut(key.hash, |c| &*c.name == key.name)
     }
 
     fn chan_or_insert(&mut self, key: &Key<'_>, capacity: impl FnOnce() -> usize) -> &mut Chan {
         self.channels
-            .entry(
-                key.hash,
-                |c| &*c.name == key.name,
-                |c: &Chan| c.hash,
-            )
-            .or_insert_with(|| Chan {
-                name: key.name.into(),
-                hash: key.hash,
-                shard_hash: key.shard_hash,
-                capacity: capacity(),
-                items: VecDeque::new(),
-                waiters: VecDeque::new(),
-            })
+            .entry(key.hash, |c| &*c.name == key.name, |c: &Chan| c.hash)
+            .or_insert_with(|| Chan::new(key, capacity()))
             .into_mut()
-    }
-
-    fn process_queued(&self, key: &Key<'_>) -> usize {
-        let nl = key.non_local();
-        self.processes
-            .find(key.shard_hash, |p| &*p.name == nl)
-            .map_or(0, |p| p.queued)
-    }
-
-    fn process_inc(&mut self, key: &Key<'_>) {
-        let nl = key.non_local();
-        self.processes
-            .entry(key.shard_hash, |p| &*p.name == nl, |p| p.hash)
-            .or_insert_with(|| ProcessCount {
-                name: nl.into(),
-                hash: key.shard_hash,
-                queued: 0,
-            })
-            .into_mut()
-            .queued += 1;
-    }
-
-    fn process_sub(&mut self, non_local: &str, shard_hash: u64, n: usize) {
-        if let Ok(mut e) = self
-            .processes
-            .find_entry(shard_hash, |p| &*p.name == non_local)
-        {
-            let p = e.get_mut();
-            p.queued -= n;
-            if p.queued == 0 {
-                e.remove();
-            }
-        }
-    }
-
-    /// How many messages count against `key`'s capacity.
-    fn occupancy(&self, key: &Key<'_>) -> usize {
-        if key.process {
-            self.process_queued(key)
-        } else {
-            self.chan(key).map_or(0, |c| c.items.len())
-        }
     }
 
     /// Queues `message` on `key` unless its capacity is reached; returns a receiver to wake.
     ///
-    /// `capacity` gives the capacity of a channel that does not exist yet.
+    /// `new_chan` is called only when the channel does not exist yet: it checks the name and
+    /// gives the new channel's capacity. (A channel that exists was checked when it was made,
+    /// so the hot path validates nothing.)
     pub(crate) fn push(
         &mut self,
         key: &Key<'_>,
         message: Message,
         now: Instant,
         deadline: Instant,
-        capacity: impl FnOnce() -> usize,
-    ) -> Result<Option<Wake>, Full> {
-        let cap = match self.chan(key) {
-            Some(c) => c.capacity,
-            None => capacity(),
-        };
-        if self.occupancy(key) >= cap {
-            // Expired messages do not hold room: drop them, then look again.
-            self.prune_for(key, now);
-            if self.occupancy(key) >= cap {
-                return Err(Full {
-                    capacity: cap,
-                    message,
-                });
+        new_chan: impl FnOnce() -> Result<usize, NameError>,
+    ) -> Result<Option<Wake>, Refused> {
+        let mut new_chan = Some(new_chan);
+        let mut capacity = 0;
+        for attempt in 0..2 {
+            let Shard {
+                channels,
+                processes,
+                stats,
+            } = self;
+            let chan = match channels.find_mut(key.hash, |c| &*c.name == key.name) {
+                Some(chan) => chan,
+                None => {
+                    // The prune below may forget a channel made on the first attempt; the
+                    // second attempt makes it again with the capacity already known.
+                    let capacity = match new_chan.take() {
+                        None => capacity,
+                        Some(make) => match make() {
+                            Ok(capacity) => capacity,
+                            Err(error) => return Err(Refused::InvalidName { error, message }),
+                        },
+                    };
+                    channels
+                        .insert_unique(key.hash, Chan::new(key, capacity), |c| c.hash)
+                        .into_mut()
+                }
+            };
+            let process = if key.process {
+                let nl = key.non_local();
+                Some(
+                    processes
+                        .entry(key.shard_hash, |p| &*p.name == nl, |p| p.hash)
+                        .or_insert_with(|| ProcessCount {
+                            name: nl.into(),
+                            hash: key.shard_hash,
+                            queued: 0,
+                        })
+                        .into_mut(),
+                )
+            } else {
+                None
+            };
+            let occupied = process.as_ref().map_or(chan.items.len(), |p| p.queued);
+            capacity = chan.capacity;
+            if occupied < capacity {
+                chan.items.push_back((deadline, message));
+                if let Some(p) = process {
+                    p.queued += 1;
+                }
+                stats.queued += 1;
+                return Ok(chan.waiters.pop_front().map(|w| w.wake));
+            }
+            if attempt == 0 {
+                // Expired messages do not hold room: drop them, then look again.
+                self.prune_for(key, now);
             }
         }
-        let chan = self.chan_or_insert(key, || cap);
-        chan.items.push_back((deadline, message));
-        let waiter = chan.waiters.pop_front();
-        if key.process {
-            self.process_inc(key);
-        }
-        self.stats.queued += 1;
-        Ok(waiter.map(|w| w.wake))
+        Err(Refused::Full { capacity, message })
     }
 
     /// Takes the oldest deliverable message on `key`, dropping expired ones on the way.
+    ///
+    /// A channel left idle stays in the table until the next sweep, so a busy channel that
+    /// empties now and then is not freed and made again each time.
     pub(crate) fn pop(&mut self, key: &Key<'_>, now: Instant) -> Option<Message> {
-        let chan = self.chan_mut(key)?;
+        let Shard {
+            channels,
+            processes,
+            stats,
+        } = self;
+        let chan = channels.find_mut(key.hash, |c| &*c.name == key.name)?;
         let mut expired = 0usize;
         let mut found = None;
         while let Some((deadline, message)) = chan.items.pop_front() {
@@ -272,28 +270,18 @@ impl Shard {
                 break;
             }
         }
-        let idle = chan.is_idle();
         let taken = expired + usize::from(found.is_some());
-        if idle {
-            self.remove_chan(key);
-        }
         if taken > 0 {
-            self.stats.expired += expired as u64;
-            self.stats.queued -= taken as u64;
+            stats.expired += expired as u64;
+            stats.queued -= taken as u64;
             if key.process {
-                self.process_sub(key.non_local(), key.shard_hash, taken);
+                process_sub(processes, key.non_local(), key.shard_hash, taken);
             }
         }
         if found.is_some() {
-            self.stats.received += 1;
+            stats.received += 1;
         }
         found
-    }
-
-    fn remove_chan(&mut self, key: &Key<'_>) {
-        if let Ok(e) = self.channels.find_entry(key.hash, |c| &*c.name == key.name) {
-            e.remove();
-        }
     }
 
     /// Drops expired messages of `key` and, for a process-specific name, of every sibling
@@ -331,7 +319,7 @@ impl Shard {
             !chan.is_idle()
         });
         for (nl, shard_hash, n) in expired_by {
-            self.process_sub(&nl, shard_hash, n);
+            process_sub(&mut self.processes, &nl, shard_hash, n);
         }
         self.stats.expired += total;
         self.stats.queued -= total;
@@ -389,9 +377,6 @@ impl Shard {
         } else {
             None
         };
-        if chan.is_idle() {
-            self.remove_chan(key);
-        }
         pass_on
     }
 
@@ -405,6 +390,18 @@ impl Shard {
         snap.group_deliveries += s.group_deliveries;
         snap.group_skipped_full += s.group_skipped_full;
         snap.queued_messages += s.queued;
-        snap.channels += self.channels.len() as u64;
+        // Idle channels wait in the table for the next sweep; they do not count.
+        snap.channels += self.channels.iter().filter(|c| !c.is_idle()).count() as u64;
+    }
+}
+
+/// Takes `n` messages off the count of a process-specific non-local name.
+fn process_sub(processes: &mut HashTable<ProcessCount>, non_local: &str, hash: u64, n: usize) {
+    if let Ok(mut e) = processes.find_entry(hash, |p| &*p.name == non_local) {
+        let p = e.get_mut();
+        p.queued -= n;
+        if p.queued == 0 {
+            e.remove();
+        }
     }
 }

@@ -8,7 +8,7 @@ use super::Map;
 /// `From` conversions exist for the usual Rust types, so `Message::with("n", 3)` and
 /// `Value::from("text")` read naturally. Unsigned integers convert only through
 /// [`Value::try_from`], since a message carries signed 64-bit integers.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub enum Value {
     /// Null (Python `None`, msgpack nil).
@@ -120,6 +120,23 @@ impl Value {
     }
 }
 
+/// Prints values compactly, close to how Python shows them: `null`, `true`, `3`, `1.5`,
+/// `"text"`, `b"bytes"`, `[..]`, `{..}`.
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(n) => write!(f, "{n}"),
+            Value::Float(x) => write!(f, "{x:?}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Bytes(b) => write!(f, "b\"{}\"", b.escape_ascii()),
+            Value::List(l) => f.debug_list().entries(l).finish(),
+            Value::Map(m) => std::fmt::Debug::fmt(m, f),
+        }
+    }
+}
+
 macro_rules! from_int {
     ($($t:ty),*) => {$(
         impl From<$t> for Value {
@@ -139,7 +156,9 @@ pub struct IntOutOfRange(pub u64);
 impl TryFrom<u64> for Value {
     type Error = IntOutOfRange;
     fn try_from(n: u64) -> Result<Self, IntOutOfRange> {
-        i64::try_from(n).map(Value::Int).map_err(|_| IntOutOfRange(n))
+        i64::try_from(n)
+            .map(Value::Int)
+            .map_err(|_| IntOutOfRange(n))
     }
 }
 
