@@ -369,15 +369,14 @@ impl Shard {
     /// so no message is left behind while someone waits.
     pub(crate) fn deregister(&mut self, key: &Key<'_>, id: u64) -> Option<Wake> {
         let chan = self.chan_mut(key)?;
-        let pass_on = if let Some(i) = chan.waiters.iter().position(|w| w.id == id) {
+        if let Some(i) = chan.waiters.iter().position(|w| w.id == id) {
             chan.waiters.remove(i);
             None
         } else if !chan.items.is_empty() {
             chan.waiters.pop_front().map(|w| w.wake)
         } else {
             None
-        };
-        pass_on
+        }
     }
 
     pub(crate) fn add_to(&self, snap: &mut MetricsSnapshot) {
