@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use super::store::Hashes;
 use crate::error::LayerError;
 use crate::metrics::MetricsSnapshot;
 use crate::name::{validate_channel, validate_group};
@@ -14,7 +13,8 @@ use crate::name::{validate_channel, validate_group};
 struct Member {
     /// When the membership lapses: `group_expiry` after the latest `group_add`.
     until: Instant,
-    hashes: Hashes,
+    /// The channel name's hash, so `group_send` hashes nothing.
+    hash: u64,
 }
 
 /// The members of one group, by channel name.
@@ -36,7 +36,7 @@ impl Groups {
         }
     }
 
-    pub(crate) fn add(&self, group: &str, channel: &str, hashes: Hashes) -> Result<(), LayerError> {
+    pub(crate) fn add(&self, group: &str, channel: &str, hash: u64) -> Result<(), LayerError> {
         validate_group(group)?;
         validate_channel(channel)?;
         let now = Instant::now();
@@ -51,7 +51,7 @@ impl Groups {
         match members.get_mut(channel) {
             Some(m) => m.until = until,
             None => {
-                members.insert(channel.into(), Member { until, hashes });
+                members.insert(channel.into(), Member { until, hash });
             }
         }
         Ok(())
@@ -79,7 +79,7 @@ impl Groups {
         &self,
         group: &str,
         now: Instant,
-        mut deliver: impl FnMut(&str, Hashes),
+        mut deliver: impl FnMut(&str, u64),
     ) -> Result<(), LayerError> {
         validate_group(group)?;
         self.sends.fetch_add(1, Ordering::Relaxed);
@@ -87,7 +87,7 @@ impl Groups {
         if let Some(members) = map.get(group) {
             for (name, member) in members {
                 if member.until > now {
-                    deliver(name, member.hashes);
+                    deliver(name, member.hash);
                 }
             }
         }

@@ -3,6 +3,7 @@
 mod groups;
 mod store;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,18 +14,20 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hashbrown::DefaultHashBuilder;
-use parking_lot::MutexGuard;
+use parking_lot::{Mutex, MutexGuard};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use self::groups::Groups;
-use self::store::{Key, PaddedShard, Refused, SHARDS, Shard, Wake};
+use self::store::{Key, NewChan, PaddedShard, ProcessCount, Refused, SHARDS, Shard, Wake};
 use crate::config::LayerConfig;
 use crate::error::{BuildError, LayerError, ReceiveError, SendError, TryReceiveError};
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
 use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
-use crate::name::{NameError, validate_channel, validate_prefix};
+use crate::name::{
+    NameError, is_process_specific, non_local_name, validate_channel, validate_prefix,
+};
 use crate::runtime::{Sweep, TimerSlot, sweep_every};
 
 /// Length of the random process id and of the random local part in minted names.
@@ -71,6 +74,8 @@ struct Inner {
     hasher: DefaultHashBuilder,
     shards: Box<[PaddedShard]>,
     groups: Groups,
+    /// The shared message count of each process-specific non-local name in use.
+    processes: Mutex<HashMap<Box<str>, Arc<ProcessCount>>>,
     closed: AtomicBool,
     process_id: String,
     next_waiter: AtomicU64,
@@ -110,6 +115,7 @@ impl InMemoryLayer {
             (config.expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let inner = Arc::new(Inner {
             groups: Groups::new(config.group_expiry),
+            processes: Mutex::new(HashMap::new()),
             config,
             hasher: DefaultHashBuilder::default(),
             shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
@@ -190,36 +196,99 @@ impl Inner {
             return Err(SendError::InvalidMessage { error, message });
         }
         let key = self.key(channel);
-        let now = Instant::now();
-        let deadline = self.deadline(now);
-        let mut shard = self.shard(&key);
-        match shard.push(&key, message, now, deadline, || self.new_chan(channel)) {
-            Ok(wake) => {
-                shard.stats.sent += 1;
-                drop(shard);
-                if let Some(w) = wake {
-                    w.wake();
-                }
-                Ok(())
-            }
-            Err(Refused::Full { capacity, message }) => {
-                shard.stats.rejected_full += 1;
-                Err(SendError::Full {
-                    channel: channel.to_owned(),
-                    capacity,
-                    message,
-                })
-            }
+        match self.deliver(&key, message, Instant::now(), true) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full { capacity, message }) => Err(SendError::Full {
+                channel: channel.to_owned(),
+                capacity,
+                message,
+            }),
             Err(Refused::InvalidName { error, message }) => {
                 Err(SendError::InvalidName { error, message })
             }
         }
     }
 
-    /// Checks the name of a channel about to be made and gives its capacity.
-    fn new_chan(&self, channel: &str) -> Result<usize, NameError> {
-        validate_channel(channel)?;
-        Ok(self.config.capacity_for(channel))
+    /// Queues a message and wakes a receiver; counts it as sent (`direct`) or group-delivered,
+    /// or as rejected or skipped when full.
+    ///
+    /// A process-specific channel whose non-local part is full gets one more try after the
+    /// expired messages of its sibling channels (in any shard) are dropped.
+    fn deliver(
+        &self,
+        key: &Key<'_>,
+        mut message: Message,
+        now: Instant,
+        direct: bool,
+    ) -> Result<(), Refused> {
+        let deadline = self.deadline(now);
+        let non_local = non_local_name(key.name);
+        let mut attempts_left = if is_process_specific(key.name) { 2 } else { 1 };
+        loop {
+            attempts_left -= 1;
+            let mut shard = self.shard(key);
+            match shard.push(key, message, now, deadline, || {
+                self.new_chan(key.name, direct)
+            }) {
+                Ok(wake) => {
+                    if direct {
+                        shard.stats.sent += 1;
+                    } else {
+                        shard.stats.group_deliveries += 1;
+                    }
+                    drop(shard);
+                    if let Some(w) = wake {
+                        w.wake();
+                    }
+                    return Ok(());
+                }
+                Err(Refused::Full {
+                    capacity,
+                    message: m,
+                }) if attempts_left == 0 => {
+                    if direct {
+                        shard.stats.rejected_full += 1;
+                    } else {
+                        shard.stats.group_skipped_full += 1;
+                    }
+                    return Err(Refused::Full {
+                        capacity,
+                        message: m,
+                    });
+                }
+                Err(Refused::Full { message: m, .. }) => {
+                    drop(shard);
+                    for other in self.shards.iter() {
+                        other
+                            .0
+                            .lock()
+                            .prune_where(now, |name| name.starts_with(non_local));
+                    }
+                    message = m;
+                }
+                Err(refused) => return Err(refused),
+            }
+        }
+    }
+
+    /// What a channel about to be made needs: its name checked (unless it is a group member,
+    /// checked when it joined), its capacity, and its process count if it has a `!`.
+    fn new_chan(&self, channel: &str, check: bool) -> Result<NewChan, NameError> {
+        if check {
+            validate_channel(channel)?;
+        }
+        let non_local = non_local_name(channel);
+        let process = is_process_specific(channel).then(|| {
+            let mut processes = self.processes.lock();
+            match processes.get(non_local) {
+                Some(p) => p.clone(),
+                None => processes.entry(non_local.into()).or_default().clone(),
+            }
+        });
+        Ok(NewChan {
+            capacity: self.config.capacity_for(channel),
+            process,
+        })
     }
 
     fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
@@ -295,8 +364,8 @@ impl Inner {
                 id,
                 || Wake::Thread(thread::current()),
                 |_| {},
-                || self.config.capacity_for(channel),
-            );
+                || self.new_chan(channel, true),
+            )?;
             registered = true;
             drop(shard);
             match deadline {
@@ -333,7 +402,7 @@ impl Inner {
             return Err(LayerError::Closed);
         }
         let key = self.key(channel);
-        self.groups.add(group, channel, key.hashes())
+        self.groups.add(group, channel, key.hash)
     }
 
     fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
@@ -349,26 +418,12 @@ impl Inner {
         }
         message.check_reserved()?;
         let now = Instant::now();
-        let deadline = self.deadline(now);
         let mut report = GroupSendReport::default();
-        self.groups.for_each_member(group, now, |name, hashes| {
-            let key = Key::with_hashes(name, hashes);
-            let mut shard = self.shard(&key);
-            match shard.push(&key, message.clone(), now, deadline, || {
-                Ok(self.config.capacity_for(name))
-            }) {
-                Ok(wake) => {
-                    shard.stats.group_deliveries += 1;
-                    drop(shard);
-                    report.delivered += 1;
-                    if let Some(w) = wake {
-                        w.wake();
-                    }
-                }
-                Err(_) => {
-                    shard.stats.group_skipped_full += 1;
-                    report.skipped_full += 1;
-                }
+        self.groups.for_each_member(group, now, |name, hash| {
+            let key = Key { name, hash };
+            match self.deliver(&key, message.clone(), now, false) {
+                Ok(()) => report.delivered += 1,
+                Err(_) => report.skipped_full += 1,
             }
         })?;
         Ok(report)
@@ -390,6 +445,10 @@ impl Sweep for Inner {
         for shard in self.shards.iter() {
             shard.0.lock().prune_where(now, |_| true);
         }
+        // A process count that only the registry holds has no channel left.
+        self.processes
+            .lock()
+            .retain(|_, p| Arc::strong_count(p) > 1);
         self.groups.prune(now);
     }
 }
@@ -463,8 +522,8 @@ impl Future for Receive<'_> {
                 Wake::Task(w) => w.clone_from(cx.waker()),
                 other => *other = Wake::Task(cx.waker().clone()),
             },
-            || inner.config.capacity_for(channel),
-        );
+            || inner.new_chan(channel, true),
+        )?;
         this.registered = true;
         Poll::Pending
     }
