@@ -47,14 +47,19 @@ fn layer(capacity: usize) -> InMemoryLayer {
     )
 }
 
-/// Sends, yielding while the channel is full (the producer outruns the consumer).
+/// Sends, backing off while the channel is full (the producer outruns the consumer), as a
+/// blocking channel's `send` would wait: spinning longer each time, without system calls.
 fn send_retry<L: ChannelLayer + ?Sized>(layer: &L, channel: &str, mut msg: Message) {
+    let mut step = 0u32;
     loop {
         match layer.send(channel, msg) {
             Ok(()) => return,
             Err(e) if e.is_full() => {
                 msg = e.into_message();
-                thread::yield_now();
+                for _ in 0..(1u32 << step.min(10)) {
+                    std::hint::spin_loop();
+                }
+                step += 1;
             }
             Err(e) => panic!("send failed: {e}"),
         }

@@ -91,8 +91,8 @@ pub enum SendError {
     /// The channel holds as many messages as its capacity allows; the channel is unchanged.
     #[error("channel {channel:?} is full (capacity {capacity})")]
     Full {
-        /// The channel that is full.
-        channel: String,
+        /// The channel that is full (shared with the layer, so reporting it costs no copy).
+        channel: Arc<str>,
         /// The capacity that applies to it.
         capacity: usize,
         /// The message that was not sent.

@@ -114,7 +114,7 @@
 //! layer.send("jobs", Message::new("job"))?;
 //! match layer.send("jobs", Message::new("job")) {
 //!     Err(SendError::Full { channel, capacity, message }) => {
-//!         assert_eq!((channel.as_str(), capacity), ("jobs", 2));
+//!         assert_eq!((&*channel, capacity), ("jobs", 2));
 //!         assert_eq!(message.message_type(), Some("job")); // handed back
 //!     }
 //!     other => panic!("expected Full, got {other:?}"),

@@ -30,6 +30,9 @@ use crate::name::{
 };
 use crate::runtime::{Sweep, TimerSlot, sweep_every};
 
+/// How long a blocking receive keeps looking before it parks its thread.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
 /// Length of the random process id and of the random local part in minted names.
 const RANDOM_LEN: usize = 12;
 
@@ -198,8 +201,12 @@ impl Inner {
         let key = self.key(channel);
         match self.deliver(&key, message, Instant::now(), true) {
             Ok(()) => Ok(()),
-            Err(Refused::Full { capacity, message }) => Err(SendError::Full {
-                channel: channel.to_owned(),
+            Err(Refused::Full {
+                channel,
+                capacity,
+                message,
+            }) => Err(SendError::Full {
+                channel,
                 capacity,
                 message,
             }),
@@ -243,6 +250,7 @@ impl Inner {
                     return Ok(());
                 }
                 Err(Refused::Full {
+                    channel,
                     capacity,
                     message: m,
                 }) if attempts_left == 0 => {
@@ -252,6 +260,7 @@ impl Inner {
                         shard.stats.group_skipped_full += 1;
                     }
                     return Err(Refused::Full {
+                        channel,
                         capacity,
                         message: m,
                     });
@@ -313,9 +322,11 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
         let key = self.key(channel);
-        // Spin briefly before parking: a producer on another core usually delivers within
-        // microseconds, and parking costs a system call on each side.
-        for step in 0..8u32 {
+        // Spin, then yield, for a short while before parking: a producer on another core
+        // usually delivers within microseconds, while parking costs a system call on each side
+        // and, on virtual machines whose idle CPUs halt, tens of microseconds to wake up.
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        for step in 0u32.. {
             if self.is_closed() {
                 return Err(ReceiveError::Closed);
             }
@@ -330,6 +341,10 @@ impl Inner {
                     std::hint::spin_loop();
                 }
             } else {
+                let now = Instant::now();
+                if now >= spin_until || deadline.is_some_and(|d| now >= d) {
+                    break;
+                }
                 thread::yield_now();
             }
         }

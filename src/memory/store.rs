@@ -70,7 +70,8 @@ impl ProcessCount {
 
 /// One channel: its queue of `(deadline, message)` and the receivers waiting on it.
 struct Chan {
-    name: Box<str>,
+    /// Shared, so that a `Full` error can name the channel without allocating.
+    name: Arc<str>,
     hash: u64,
     capacity: usize,
     process: Option<Arc<ProcessCount>>,
@@ -138,8 +139,15 @@ impl<'a> Key<'a> {
 
 /// Why a delivery was refused; the message comes back.
 pub(crate) enum Refused {
-    Full { capacity: usize, message: Message },
-    InvalidName { error: NameError, message: Message },
+    Full {
+        channel: Arc<str>,
+        capacity: usize,
+        message: Message,
+    },
+    InvalidName {
+        error: NameError,
+        message: Message,
+    },
 }
 
 #[derive(Default)]
@@ -214,6 +222,7 @@ impl Shard {
         let chan = self.chan_mut(key).expect("present");
         if !room {
             return Err(Refused::Full {
+                channel: chan.name.clone(),
                 capacity: chan.capacity,
                 message,
             });

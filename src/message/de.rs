@@ -15,6 +15,7 @@ use serde::de::{
     SeqAccess, Unexpected, VariantAccess, Visitor,
 };
 
+use super::map::Key;
 use super::{Map, MessageError, Value};
 
 /// Preallocate at most this many entries on the word of a size hint: the hint may come from
@@ -41,7 +42,7 @@ const INDEX_FROM: usize = 16;
 /// too; past [`INDEX_FROM`] entries a hash index (seeded per map) takes over.
 #[derive(Debug, Default)]
 pub(super) struct MapBuilder {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Key, Value)>,
     index: Option<KeyIndex>,
 }
 
@@ -53,7 +54,7 @@ struct KeyIndex {
 }
 
 impl KeyIndex {
-    fn build(entries: &[(String, Value)]) -> Self {
+    fn build(entries: &[(Key, Value)]) -> Self {
         let hasher = RandomState::new();
         let mut table = HashTable::with_capacity(entries.len());
         for (i, (key, _)) in entries.iter().enumerate() {
@@ -73,7 +74,8 @@ impl MapBuilder {
     }
 
     /// Adds `key`, or replaces its value if it is already present.
-    pub(super) fn insert(&mut self, key: String, value: Value) {
+    pub(super) fn insert(&mut self, key: impl Into<Key>, value: Value) {
+        let key: Key = key.into();
         let MapBuilder { entries, index } = self;
         match index {
             Some(KeyIndex { table, hasher }) => {
@@ -100,11 +102,7 @@ impl MapBuilder {
     }
 
     pub(super) fn finish(self) -> Map {
-        let mut map = Map::with_capacity(self.entries.len());
-        for (key, value) in self.entries {
-            map.push_unique(key, value);
-        }
-        map
+        Map::from_unique(self.entries)
     }
 }
 

@@ -4,6 +4,10 @@ use std::fmt;
 
 use super::Value;
 
+/// A map key: stored inline when it is at most 24 bytes long (as message keys nearly always
+/// are), so building a message does not allocate once per key.
+pub(crate) type Key = compact_str::CompactString;
+
 /// A map with string keys that keeps insertion order.
 ///
 /// Messages are small (a handful of keys), so entries live in one vector and lookups scan it:
@@ -12,7 +16,7 @@ use super::Value;
 /// order too).
 #[derive(Clone, PartialEq, Default)]
 pub struct Map {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Key, Value)>,
 }
 
 impl Map {
@@ -29,17 +33,17 @@ impl Map {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.entries.iter().position(|(k, _)| k == key)
+        self.entries.iter().position(|(k, _)| k.as_str() == key)
     }
 
     /// Adds or replaces `key`; a replaced key keeps its position. Returns the previous value.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
-        let key = key.into();
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Option<Value> {
+        let key = key.as_ref();
         let value = value.into();
-        match self.position(&key) {
+        match self.position(key) {
             Some(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             None => {
-                self.entries.push((key, value));
+                self.entries.push((Key::from(key), value));
                 None
             }
         }
@@ -48,20 +52,28 @@ impl Map {
     /// Appends an entry without looking for an existing one with the same key.
     ///
     /// For decoders that have already ensured keys are unique.
-    pub(crate) fn push_unique(&mut self, key: String, value: Value) {
-        self.entries.push((key, value));
+    pub(crate) fn push_unique(&mut self, key: impl Into<Key>, value: Value) {
+        self.entries.push((key.into(), value));
+    }
+
+    /// A map of entries whose keys are known to be unique.
+    pub(crate) fn from_unique(entries: Vec<(Key, Value)>) -> Self {
+        Map { entries }
     }
 
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v)
     }
 
     /// The value under `key`, mutably.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
         self.entries
             .iter_mut()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| v)
     }
 
@@ -112,15 +124,31 @@ impl fmt::Debug for Map {
     }
 }
 
-impl IntoIterator for Map {
+/// The entries of a [`Map`], by value, in insertion order.
+#[derive(Debug)]
+pub struct IntoIter(std::vec::IntoIter<(Key, Value)>);
+
+impl Iterator for IntoIter {
     type Item = (String, Value);
-    type IntoIter = std::vec::IntoIter<(String, Value)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(k, v)| (k.into_string(), v))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
     }
 }
 
-impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Map {
+impl ExactSizeIterator for IntoIter {}
+
+impl IntoIterator for Map {
+    type Item = (String, Value);
+    type IntoIter = IntoIter;
+    fn into_iter(self) -> IntoIter {
+        IntoIter(self.entries.into_iter())
+    }
+}
+
+impl<K: AsRef<str>, V: Into<Value>> FromIterator<(K, V)> for Map {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut map = Map::new();
         for (k, v) in iter {

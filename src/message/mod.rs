@@ -18,7 +18,7 @@ mod value;
 use std::fmt;
 use std::sync::Arc;
 
-pub use map::Map;
+pub use map::{IntoIter, Map};
 pub use value::Value;
 
 /// The reserved key channels_redis uses to demultiplex process-specific channels
@@ -84,13 +84,13 @@ impl Message {
 
     /// Adds or replaces `key`, returning the message (builder style).
     #[must_use]
-    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn with(mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Self {
         self.insert(key, value);
         self
     }
 
     /// Adds or replaces `key`; returns the previous value.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Option<Value> {
         Arc::make_mut(&mut self.map).insert(key, value.into())
     }
 

@@ -25,7 +25,7 @@ pub(super) async fn expect_full(layer: &Driver, channel: &str, capacity: usize, 
             ..
         } => {
             assert!(
-                named == channel || named == non_local_name(channel),
+                &**named == channel || &**named == non_local_name(channel),
                 "the Full error names {named:?}, not the channel {channel:?}"
             );
             assert_eq!(
