@@ -305,7 +305,7 @@ impl Inner {
             return Err(TryReceiveError::Closed);
         }
         let key = self.key(channel);
-        let found = self.shard(&key).pop(&key, Instant::now());
+        let found = self.shard(&key).pop(&key, Instant::now);
         match found {
             Some(m) => Ok(m),
             // Only a name that made no channel can be invalid: check it on this slow path.
@@ -330,7 +330,7 @@ impl Inner {
             if self.is_closed() {
                 return Err(ReceiveError::Closed);
             }
-            if let Some(m) = self.shard(&key).pop(&key, Instant::now()) {
+            if let Some(m) = self.shard(&key).pop(&key, Instant::now) {
                 return Ok(m);
             }
             if step == 0 {
@@ -355,7 +355,7 @@ impl Inner {
             let now = Instant::now();
             let outcome = if self.is_closed() {
                 Some(Err(ReceiveError::Closed))
-            } else if let Some(m) = shard.pop(&key, now) {
+            } else if let Some(m) = shard.pop(&key, || now) {
                 Some(Ok(m))
             } else if deadline.is_some_and(|d| now >= d) {
                 Some(Err(ReceiveError::Timeout))
@@ -501,7 +501,7 @@ impl Future for Receive<'_> {
             return Poll::Ready(Err(ReceiveError::Closed));
         }
         let mut shard = this.inner.shard(&key);
-        if let Some(m) = shard.pop(&key, Instant::now()) {
+        if let Some(m) = shard.pop(&key, Instant::now) {
             let pass_on = if this.registered {
                 this.registered = false;
                 shard.deregister(&key, this.id)

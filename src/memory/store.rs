@@ -237,9 +237,15 @@ impl Shard {
     ///
     /// A channel left idle stays in the table until the next sweep, so a busy channel that
     /// empties now and then is not freed and made again each time.
-    pub(crate) fn pop(&mut self, key: &Key<'_>, now: Instant) -> Option<Message> {
+    ///
+    /// The clock is read only when there is a message to check (`now` is called at most once).
+    pub(crate) fn pop(&mut self, key: &Key<'_>, now: impl FnOnce() -> Instant) -> Option<Message> {
         let Shard { channels, stats } = self;
         let chan = channels.find_mut(key.hash, |c| &*c.name == key.name)?;
+        if chan.items.is_empty() {
+            return None;
+        }
+        let now = now();
         let mut expired = 0usize;
         let mut found = None;
         while let Some((deadline, message)) = chan.items.pop_front() {
