@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 
 use crate::config::LayerConfig;
 use crate::error::BuildError;
-use crate::layer::{ChannelLayer, forward_channel_layer};
+use crate::layer::ChannelLayer;
 use crate::memory::InMemoryLayer;
 
 /// A cheaply clonable handle to any backend, behind `dyn ChannelLayer`.
@@ -46,6 +46,7 @@ impl AnyLayer {
     /// | URL | backend |
     /// |---|---|
     /// | `memory://` (or `memory:`) | [`InMemoryLayer`] |
+    /// | `redis://`, `rediss://`, `unix://` (feature `redis`) | `RedisLayer` |
     /// | a scheme given to [`register_backend`] | that backend |
     ///
     /// Query parameters set options; every backend takes `capacity`, `expiry` and
@@ -66,6 +67,11 @@ impl AnyLayer {
         if let Some(factory) = registry().read().get(scheme) {
             return factory(url);
         }
+        #[cfg(feature = "redis")]
+        if matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+            return crate::redis::RedisLayer::from_url(url).map(AnyLayer::new);
+        }
+        #[cfg(not(feature = "redis"))]
         if matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
             return Err(BuildError::FeatureDisabled {
                 scheme: scheme.to_owned(),
@@ -107,7 +113,7 @@ impl fmt::Debug for AnyLayer {
 }
 
 impl ChannelLayer for AnyLayer {
-    forward_channel_layer!(inner);
+    crate::delegate_channel_layer!(inner);
 }
 
 impl From<InMemoryLayer> for AnyLayer {

@@ -33,6 +33,10 @@ pub struct Capabilities {
     /// Messages and layer state are shared between separate layer objects (and processes)
     /// pointed at the same backend.
     pub shared_between_layers: bool,
+    /// The gauges of [`MetricsSnapshot`] (`queued_messages`, `channels`, `groups`) describe
+    /// the whole backend, because all of its state lives in this object. A backend whose
+    /// messages wait in a server reports only what it holds itself.
+    pub exact_gauges: bool,
 }
 
 impl Capabilities {
@@ -43,6 +47,7 @@ impl Capabilities {
             flush: false,
             receive_any_process_channel: false,
             shared_between_layers: false,
+            exact_gauges: false,
         }
     }
 
@@ -71,6 +76,13 @@ impl Capabilities {
     #[must_use]
     pub const fn with_shared_between_layers(mut self, yes: bool) -> Self {
         self.shared_between_layers = yes;
+        self
+    }
+
+    /// With `exact_gauges` set.
+    #[must_use]
+    pub const fn with_exact_gauges(mut self, yes: bool) -> Self {
+        self.exact_gauges = yes;
         self
     }
 }
@@ -367,7 +379,33 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-macro_rules! forward_channel_layer {
+/// Implements every method of [`ChannelLayer`] by forwarding it to a field (or any expression
+/// on `self`, such as `as_ref()`) that implements it: the body of a wrapper around a backend,
+/// such as one that adds logging, or that keeps a test server alive next to its layer.
+///
+/// # Examples
+///
+/// ```
+/// use channel_layer::{ChannelLayer, InMemoryLayer};
+///
+/// /// A layer that remembers where it came from.
+/// #[derive(Debug)]
+/// struct Labelled {
+///     label: &'static str,
+///     layer: InMemoryLayer,
+/// }
+///
+/// impl ChannelLayer for Labelled {
+///     channel_layer::delegate_channel_layer!(layer);
+/// }
+///
+/// let l = Labelled { label: "test", layer: InMemoryLayer::default() };
+/// l.send("a", channel_layer::Message::new("x"))?;
+/// assert_eq!(l.metrics().sent, 1);
+/// # Ok::<(), channel_layer::SendError>(())
+/// ```
+#[macro_export]
+macro_rules! delegate_channel_layer {
     ($($target:tt)+) => {
         fn capabilities(&self) -> $crate::Capabilities {
             self.$($target)+.capabilities()
@@ -433,12 +471,11 @@ macro_rules! forward_channel_layer {
         }
     };
 }
-pub(crate) use forward_channel_layer;
 
 impl<L: ChannelLayer + ?Sized> ChannelLayer for std::sync::Arc<L> {
-    forward_channel_layer!(as_ref());
+    crate::delegate_channel_layer!(as_ref());
 }
 
 impl<L: ChannelLayer + ?Sized> ChannelLayer for Box<L> {
-    forward_channel_layer!(as_ref());
+    crate::delegate_channel_layer!(as_ref());
 }

@@ -191,6 +191,10 @@ mod memory;
 pub mod message;
 pub mod metrics;
 pub mod name;
+mod oneshot;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod runtime;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

@@ -32,6 +32,9 @@ pub struct MetricsSnapshot {
     pub group_skipped_full: u64,
     /// Messages a network backend read but could not decode, and dropped.
     pub undecodable: u64,
+    /// Messages a network backend took from its server but dropped because the local buffer of
+    /// their channel was full (nobody here was receiving them fast enough).
+    pub overflowed: u64,
     /// Messages queued now.
     pub queued_messages: u64,
     /// Channels holding messages or waiting receivers now.
@@ -62,6 +65,8 @@ pub struct Counters {
     pub group_skipped_full: AtomicU64,
     /// See [`MetricsSnapshot::undecodable`].
     pub undecodable: AtomicU64,
+    /// See [`MetricsSnapshot::overflowed`].
+    pub overflowed: AtomicU64,
 }
 
 impl Counters {
@@ -83,6 +88,7 @@ impl Counters {
             group_deliveries: get(&self.group_deliveries),
             group_skipped_full: get(&self.group_skipped_full),
             undecodable: get(&self.undecodable),
+            overflowed: get(&self.overflowed),
             ..MetricsSnapshot::default()
         }
     }

@@ -59,6 +59,10 @@ pub enum NameProblem {
     MultipleBangs,
     /// A group name (or a channel prefix) contains `!`, which only channel names may carry.
     Bang,
+    /// A process-specific channel that this layer did not mint: a backend whose process
+    /// channels live in a shared server receives only on its own (see
+    /// [`crate::Capabilities::receive_any_process_channel`]).
+    NotOwned,
 }
 
 impl fmt::Display for NameProblem {
@@ -75,6 +79,9 @@ impl fmt::Display for NameProblem {
             ),
             NameProblem::MultipleBangs => f.write_str("it contains more than one '!'"),
             NameProblem::Bang => f.write_str("only channel names may contain '!'"),
+            NameProblem::NotOwned => f.write_str(
+                "it is a process-specific channel this layer did not mint, so it cannot receive on it",
+            ),
         }
     }
 }

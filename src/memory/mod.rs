@@ -171,6 +171,31 @@ impl InMemoryLayer {
     pub fn config(&self) -> &LayerConfig {
         &self.inner.config
     }
+
+    /// How many messages are queued on `channel` now.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn queued_len(&self, channel: &str) -> usize {
+        let key = self.inner.key(channel);
+        self.inner.shard(&key).queued_len(&key)
+    }
+
+    /// Queues a message that arrived from elsewhere (a network backend's server), keeping the
+    /// deadline it already has. Counted like a send; a full channel refuses it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn deliver_arrived(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Instant,
+    ) -> Result<(), SendError> {
+        if self.inner.is_closed() {
+            return Err(SendError::Closed { message });
+        }
+        let key = self.inner.key(channel);
+        self.inner
+            .deliver(&key, message, Instant::now(), deadline, true)
+            .map_err(Refused::into_send_error)
+    }
 }
 
 impl Inner {
@@ -179,7 +204,7 @@ impl Inner {
     }
 
     fn shard(&self, key: &Key<'_>) -> MutexGuard<'_, Shard> {
-        self.shards[key.shard()].0.lock()
+        self.shards[key.shard()].lock.lock()
     }
 
     fn is_closed(&self) -> bool {
@@ -199,21 +224,9 @@ impl Inner {
             return Err(SendError::InvalidMessage { error, message });
         }
         let key = self.key(channel);
-        match self.deliver(&key, message, Instant::now(), true) {
-            Ok(()) => Ok(()),
-            Err(Refused::Full {
-                channel,
-                capacity,
-                message,
-            }) => Err(SendError::Full {
-                channel,
-                capacity,
-                message,
-            }),
-            Err(Refused::InvalidName { error, message }) => {
-                Err(SendError::InvalidName { error, message })
-            }
-        }
+        let now = Instant::now();
+        self.deliver(&key, message, now, self.deadline(now), true)
+            .map_err(Refused::into_send_error)
     }
 
     /// Queues a message and wakes a receiver; counts it as sent (`direct`) or group-delivered,
@@ -226,9 +239,9 @@ impl Inner {
         key: &Key<'_>,
         mut message: Message,
         now: Instant,
+        deadline: Instant,
         direct: bool,
     ) -> Result<(), Refused> {
-        let deadline = self.deadline(now);
         let non_local = non_local_name(key.name);
         let mut attempts_left = if is_process_specific(key.name) { 2 } else { 1 };
         loop {
@@ -244,6 +257,9 @@ impl Inner {
                         shard.stats.group_deliveries += 1;
                     }
                     drop(shard);
+                    self.shards[key.shard()]
+                        .pushes
+                        .fetch_add(1, Ordering::Release);
                     if let Some(w) = wake {
                         w.wake();
                     }
@@ -269,7 +285,7 @@ impl Inner {
                     drop(shard);
                     for other in self.shards.iter() {
                         other
-                            .0
+                            .lock
                             .lock()
                             .prune_where(now, |name| name.starts_with(non_local));
                     }
@@ -322,30 +338,40 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
         let key = self.key(channel);
-        // Spin, then yield, for a short while before parking: a producer on another core
+        // Watch for a delivery for a short while before parking: a producer on another core
         // usually delivers within microseconds, while parking costs a system call on each side
-        // and, on virtual machines whose idle CPUs halt, tens of microseconds to wake up.
+        // and, on virtual machines whose idle CPUs halt, tens of microseconds to wake up. The
+        // watch reads the shard's delivery counter, not its lock, so it slows nobody down.
+        let pushes = &self.shards[key.shard()].pushes;
         let spin_until = Instant::now() + SPIN_BEFORE_PARK;
-        for step in 0u32.. {
+        let mut first = true;
+        'watch: loop {
             if self.is_closed() {
                 return Err(ReceiveError::Closed);
             }
+            let seen = pushes.load(Ordering::Acquire);
             if let Some(m) = self.shard(&key).pop(&key, Instant::now) {
                 return Ok(m);
             }
-            if step == 0 {
+            if first {
                 validate_channel(channel)?;
+                first = false;
             }
-            if step < 6 {
-                for _ in 0..(1u32 << step) {
+            for round in 0u32.. {
+                for _ in 0..64 {
+                    if pushes.load(Ordering::Acquire) != seen {
+                        continue 'watch;
+                    }
                     std::hint::spin_loop();
                 }
-            } else {
                 let now = Instant::now();
                 if now >= spin_until || deadline.is_some_and(|d| now >= d) {
-                    break;
+                    break 'watch;
                 }
-                thread::yield_now();
+                if round % 16 == 15 {
+                    // Let another thread of this CPU run now and then.
+                    thread::yield_now();
+                }
             }
         }
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -394,7 +420,7 @@ impl Inner {
         self.closed.store(true, Ordering::Release);
         let mut wake = Vec::new();
         for shard in self.shards.iter() {
-            shard.0.lock().drain_waiters(&mut wake);
+            shard.lock.lock().drain_waiters(&mut wake);
         }
         wake.into_iter().for_each(Wake::wake);
     }
@@ -406,7 +432,7 @@ impl Inner {
         self.groups.clear();
         let mut wake = Vec::new();
         for shard in self.shards.iter() {
-            shard.0.lock().flush(&mut wake);
+            shard.lock.lock().flush(&mut wake);
         }
         wake.into_iter().for_each(Wake::wake);
         Ok(())
@@ -433,10 +459,11 @@ impl Inner {
         }
         message.check_reserved()?;
         let now = Instant::now();
+        let deadline = self.deadline(now);
         let mut report = GroupSendReport::default();
         self.groups.for_each_member(group, now, |name, hash| {
             let key = Key { name, hash };
-            match self.deliver(&key, message.clone(), now, false) {
+            match self.deliver(&key, message.clone(), now, deadline, false) {
                 Ok(()) => report.delivered += 1,
                 Err(_) => report.skipped_full += 1,
             }
@@ -447,7 +474,7 @@ impl Inner {
     fn metrics(&self) -> MetricsSnapshot {
         let mut snap = MetricsSnapshot::default();
         for shard in self.shards.iter() {
-            shard.0.lock().add_to(&mut snap);
+            shard.lock.lock().add_to(&mut snap);
         }
         self.groups.add_to(&mut snap);
         snap
@@ -458,7 +485,7 @@ impl Sweep for Inner {
     fn sweep(&self) {
         let now = Instant::now();
         for shard in self.shards.iter() {
-            shard.0.lock().prune_where(now, |_| true);
+            shard.lock.lock().prune_where(now, |_| true);
         }
         // A process count that only the registry holds has no channel left.
         self.processes
@@ -556,6 +583,7 @@ impl ChannelLayer for InMemoryLayer {
             .with_groups(true)
             .with_flush(true)
             .with_receive_any_process_channel(true)
+            .with_exact_gauges(true)
     }
 
     fn metrics(&self) -> MetricsSnapshot {

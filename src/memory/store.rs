@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::thread::Thread;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use std::time::Instant;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
+use crate::error::SendError;
 use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
 use crate::name::NameError;
@@ -150,6 +151,23 @@ pub(crate) enum Refused {
     },
 }
 
+impl Refused {
+    pub(crate) fn into_send_error(self) -> SendError {
+        match self {
+            Refused::Full {
+                channel,
+                capacity,
+                message,
+            } => SendError::Full {
+                channel,
+                capacity,
+                message,
+            },
+            Refused::InvalidName { error, message } => SendError::InvalidName { error, message },
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Shard {
     channels: HashTable<Chan>,
@@ -159,7 +177,12 @@ pub(crate) struct Shard {
 /// A shard padded to its own cache lines, so neighbouring locks do not share one.
 #[repr(align(128))]
 #[derive(Default)]
-pub(crate) struct PaddedShard(pub(crate) Mutex<Shard>);
+pub(crate) struct PaddedShard {
+    pub(crate) lock: Mutex<Shard>,
+    /// Counts deliveries into this shard, so a spinning receiver can watch for news without
+    /// taking the lock.
+    pub(crate) pushes: AtomicU64,
+}
 
 impl Shard {
     fn chan_mut(&mut self, key: &Key<'_>) -> Option<&mut Chan> {
@@ -268,6 +291,11 @@ impl Shard {
             stats.received += 1;
         }
         found
+    }
+
+    /// How many messages are queued on `key`.
+    pub(crate) fn queued_len(&mut self, key: &Key<'_>) -> usize {
+        self.chan_mut(key).map_or(0, |c| c.items.len())
     }
 
     /// Drops expired messages from the channels whose name satisfies `select`, and forgets

@@ -47,6 +47,7 @@ pub(crate) enum Need {
     Groups,
     Flush,
     ReceiveAnyProcessChannel,
+    ExactGauges,
 }
 
 impl Need {
@@ -55,6 +56,7 @@ impl Need {
             Need::Groups => "groups",
             Need::Flush => "flush",
             Need::ReceiveAnyProcessChannel => "receive_any_process_channel",
+            Need::ExactGauges => "exact_gauges",
         }
     }
 
@@ -63,6 +65,7 @@ impl Need {
             Need::Groups => caps.groups,
             Need::Flush => caps.flush,
             Need::ReceiveAnyProcessChannel => caps.receive_any_process_channel,
+            Need::ExactGauges => caps.exact_gauges,
         }
     }
 }

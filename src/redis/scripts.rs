@@ -1,0 +1,110 @@
+//! The Lua scripts the Redis backend runs, each doing in one round trip what channels_redis
+//! does in several (spec sheet §3.3 and §3.7).
+
+use std::sync::OnceLock;
+
+/// A script and its SHA-1, for `EVALSHA`.
+pub(crate) struct Script {
+    pub(crate) source: &'static str,
+    pub(crate) sha: String,
+}
+
+impl Script {
+    fn new(source: &'static str) -> Self {
+        Script {
+            source,
+            sha: ::redis::Script::new(source).get_hash().to_owned(),
+        }
+    }
+}
+
+/// Send one message: drop expired members, refuse at capacity, add, refresh the key's TTL.
+///
+/// channels_redis sends `ZREMRANGEBYSCORE`, `ZCOUNT`, `ZADD` and `EXPIRE` one after another
+/// (spec §3.3), which also lets concurrent senders overshoot the capacity; here they run as
+/// one atomic step.
+///
+/// KEYS[1] channel key. ARGV: 1 member, 2 score (send time, seconds), 3 prune cutoff
+/// (seconds), 4 capacity, 5 TTL in milliseconds. Returns `{added, expired}`: 1 if added, 0 if
+/// full, and how many expired messages were dropped (so they are counted).
+const SEND: &str = r"
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return {0, expired}
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {1, expired}
+";
+
+/// Deliver one `group_send` to the channel keys of one shard, each with its own bundled copy
+/// of the message (spec §3.7, whose Lua this mirrors, with the prune folded in).
+///
+/// KEYS: the channel keys. ARGV: 1 score, 2 prune cutoff, 3 TTL in milliseconds, then for each
+/// key i a member (ARGV[2 + 2i]) and a capacity (ARGV[3 + 2i]). Returns how many expired
+/// messages were dropped, then the 1-based indices of the keys that were full.
+const GROUP_DELIVER: &str = r"
+local full = {0}
+for i = 1, #KEYS do
+  full[1] = full[1] + redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[2])
+  if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[3 + 2 * i]) then
+    redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2 + 2 * i])
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  else
+    full[#full + 1] = i
+  end
+end
+return full
+";
+
+/// Flush: count the messages in the channel keys among KEYS (not group keys, which hold
+/// memberships, nor wake keys), then delete every key. KEYS: keys found by `SCAN`. ARGV: 1 the
+/// group key prefix, 2 the text that marks wake keys. Returns how many messages were dropped.
+const FLUSH: &str = r"
+local dropped = 0
+for i = 1, #KEYS do
+  if string.sub(KEYS[i], 1, #ARGV[1]) ~= ARGV[1]
+    and not string.find(KEYS[i], ARGV[2], 1, true)
+    and redis.call('TYPE', KEYS[i]).ok == 'zset' then
+    dropped = dropped + redis.call('ZCARD', KEYS[i])
+  end
+  redis.call('UNLINK', KEYS[i])
+end
+return dropped
+";
+
+/// Read a group's live members: drop lapsed memberships, then list the rest.
+///
+/// KEYS[1] group key. ARGV[1] membership cutoff (seconds). Returns the member channel names.
+const GROUP_MEMBERS: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+";
+
+pub(crate) struct Scripts {
+    pub(crate) send: Script,
+    pub(crate) group_deliver: Script,
+    pub(crate) group_members: Script,
+    pub(crate) flush: Script,
+}
+
+impl Scripts {
+    pub(crate) fn all(&self) -> [&Script; 4] {
+        [
+            &self.send,
+            &self.group_deliver,
+            &self.group_members,
+            &self.flush,
+        ]
+    }
+}
+
+pub(crate) fn scripts() -> &'static Scripts {
+    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        send: Script::new(SEND),
+        group_deliver: Script::new(GROUP_DELIVER),
+        group_members: Script::new(GROUP_MEMBERS),
+        flush: Script::new(FLUSH),
+    })
+}

@@ -1,0 +1,45 @@
+//! Test support shared by the integration tests: a private `redis-server` per test, a Python
+//! peer driving the real channels_redis, and the rule for services that may be missing.
+//!
+//! Include it with `mod support;` from a test file.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod python;
+pub mod redis_server;
+
+/// The environment variable that turns a missing service into a failure (CI sets it to `1`).
+pub const REQUIRE_SERVICES_ENV: &str = "CHANNEL_LAYER_REQUIRE_SERVICES";
+
+/// Whether missing services must fail the test run (`CHANNEL_LAYER_REQUIRE_SERVICES=1`).
+pub fn services_required() -> bool {
+    std::env::var(REQUIRE_SERVICES_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+/// Reports that a service a test needs (`what`) is unavailable, and why.
+///
+/// With `CHANNEL_LAYER_REQUIRE_SERVICES=1` this panics, since in CI a skip is a failure.
+/// Otherwise it prints `SKIPPED: <what>: <why>` to stderr and returns, so the caller can return
+/// early.
+///
+/// # Panics
+///
+/// When services are required.
+pub fn service_missing(what: &str, why: &str) {
+    if services_required() {
+        panic!(
+            "{what} is required ({REQUIRE_SERVICES_ENV}=1) but unavailable: {why}\n\
+             (unset {REQUIRE_SERVICES_ENV} to skip tests that need it)"
+        );
+    }
+    eprintln!("SKIPPED: {what}: {why}");
+}
+
+/// Where tests keep scratch files: `CARGO_TARGET_TMPDIR` (set by Cargo for integration tests),
+/// else `<manifest>/target/tmp`.
+pub fn scratch_root() -> std::path::PathBuf {
+    match option_env!("CARGO_TARGET_TMPDIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"),
+    }
+}
