@@ -42,10 +42,10 @@ pub struct RedisConfig {
     /// Random bytes stored before each message so identical messages stay distinct members of
     /// a sorted set; every peer must agree on it (12, as in channels_redis).
     pub random_prefix_length: usize,
-    /// How many messages beyond those receivers are waiting for may be taken from a normal
-    /// (not process-specific) channel in one round trip and buffered here. More means more
-    /// throughput for a busy consumer, at the price of taking messages another process could
-    /// have received; 0 takes only what is asked for.
+    /// How many messages beyond those receivers are waiting for may be taken from a channel in
+    /// one round trip and buffered here (default 0). More means more throughput for a busy
+    /// consumer, at a price: buffered messages no longer count against the channel's capacity
+    /// in Redis, and another process can no longer receive them.
     pub receive_prefetch: usize,
     /// How long to wait for a connection to a server.
     pub connect_timeout: Duration,
@@ -70,7 +70,7 @@ impl RedisConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             layer: LayerConfig::default(),
             random_prefix_length: DEFAULT_RANDOM_PREFIX_LENGTH,
-            receive_prefetch: 16,
+            receive_prefetch: 0,
             connect_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(5),
             #[cfg(feature = "redis-encryption")]

@@ -83,9 +83,13 @@ fn pull_once(layer: &super::PullerHandle, conn: &mut Connection) -> Result<(), B
         let mut got = 0;
         let mut back = Vec::new();
         for (k, reply) in keys.iter().zip(replies) {
+            // Once one message goes back, the rest of this key's batch follows it, so that a
+            // later message is never delivered before an earlier one.
+            let mut returning = false;
             for (member, score) in popped(reply) {
                 got += 1;
-                if !layer.pulled(&k.channel, &member, score) {
+                returning = returning || !layer.pulled(&k.channel, &member, score);
+                if returning {
                     back.push((&k.key, member, score));
                 }
             }
