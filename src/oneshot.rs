@@ -1,7 +1,7 @@
-//! A one-shot reply slot that a thread fills and either a thread or a task waits on.
+//! A one-shot reply slot that a thread fills and a task awaits.
 //!
-//! Backends that do their I/O on their own threads hand each caller one of these: a blocking
-//! caller parks until the reply arrives (or its deadline passes), an async caller is woken.
+//! Backends that do their I/O on their own threads hand each async caller one of these; the
+//! task is woken when the reply arrives (or fails at its deadline).
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use std::fmt;
@@ -9,7 +9,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::thread::{self, Thread};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -18,7 +17,6 @@ use crate::runtime::TimerSlot;
 
 enum Waiting {
     Nobody,
-    Thread(Thread),
     Task(Waker),
 }
 
@@ -84,7 +82,6 @@ impl<T> Sender<T> {
 fn wake(waiting: Waiting) {
     match waiting {
         Waiting::Nobody => {}
-        Waiting::Thread(t) => t.unpark(),
         Waiting::Task(w) => w.wake(),
     }
 }
@@ -103,32 +100,6 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Blocks the thread until the value comes or `deadline` passes.
-    pub(crate) fn wait(self, deadline: Option<Instant>) -> Result<T, RecvError> {
-        loop {
-            {
-                let mut slot = self.slot.lock();
-                if let Some(v) = slot.value.take() {
-                    return Ok(v);
-                }
-                if slot.abandoned {
-                    return Err(RecvError::Abandoned);
-                }
-                slot.waiting = Waiting::Thread(thread::current());
-            }
-            match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return self.slot.lock().value.take().ok_or(RecvError::Timeout);
-                    }
-                    thread::park_timeout(d - now);
-                }
-                None => thread::park(),
-            }
-        }
-    }
-
     /// A future for the value, failing with `Timeout` at `deadline`.
     pub(crate) fn recv(self, deadline: Option<Instant>) -> Recv<T> {
         Recv {
@@ -191,31 +162,20 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_thread_gets_the_value() {
-        let (tx, rx) = channel();
-        thread::spawn(move || tx.send(5));
-        assert_eq!(rx.wait(None), Ok(5));
-    }
-
-    #[test]
     fn a_dropped_sender_abandons() {
         let (tx, rx) = channel::<u8>();
         drop(tx);
-        assert_eq!(rx.wait(None), Err(RecvError::Abandoned));
-    }
-
-    #[test]
-    fn waiting_times_out() {
-        let (_tx, rx) = channel::<u8>();
-        let d = Instant::now() + Duration::from_millis(20);
-        assert_eq!(rx.wait(Some(d)), Err(RecvError::Timeout));
+        assert_eq!(
+            crate::runtime::block_on(rx.recv(None)),
+            Err(RecvError::Abandoned)
+        );
     }
 
     #[test]
     fn a_task_gets_the_value() {
         let (tx, rx) = channel();
-        thread::spawn(move || {
-            thread::sleep(Duration::from_millis(10));
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
             tx.send("x")
         });
         assert_eq!(crate::runtime::block_on(rx.recv(None)), Ok("x"));

@@ -27,7 +27,6 @@ const TOKEN_HEADER_CHARS: usize = 12;
 
 /// The Fernet keys derived from `symmetric_encryption_keys`.
 #[derive(Clone)]
-#[cfg_attr(not(test), allow(dead_code))] // used by the Redis layer
 pub(crate) struct Crypto {
     fernet: MultiFernet,
     keys: usize,
@@ -36,7 +35,6 @@ pub(crate) struct Crypto {
 /// A stored message could not be decrypted. Python raises `InvalidToken` for all of these;
 /// they are told apart here so that an expired message is counted as expired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[cfg_attr(not(test), allow(dead_code))] // used by the Redis layer
 pub(crate) enum DecryptError {
     /// The bytes are not a Fernet token.
     #[error("not a Fernet token")]
@@ -52,7 +50,6 @@ pub(crate) enum DecryptError {
     Rejected,
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // used by the Redis layer
 impl Crypto {
     /// Derives a Fernet key from each of `keys` (text keys are taken as their UTF-8 bytes, as
     /// Python does).

@@ -10,7 +10,6 @@
 ///
 /// The result is always below `ring_size`. A `ring_size` of 0 or 1 gives 0 (a layer always has
 /// at least one host).
-#[cfg_attr(not(test), allow(dead_code))] // used by the Redis layer
 pub(crate) fn consistent_hash(name: &str, ring_size: usize) -> usize {
     if ring_size <= 1 {
         return 0;

@@ -65,7 +65,7 @@ use parking_lot::Mutex;
 
 use self::codec::{AsgiChannel, Codec};
 pub use self::config::{DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, RedisConfig};
-use self::conn::{Commands, Timeouts};
+use self::conn::{Commands, Then, Timeouts};
 use self::hash::consistent_hash;
 use self::scripts::scripts;
 use crate::config::LayerConfig;
@@ -81,6 +81,7 @@ use crate::name::{
     NameError, NameKind, NameProblem, is_process_specific, non_local_name, validate_channel,
     validate_group, validate_prefix,
 };
+use crate::runtime::block_on;
 
 /// How long a receive waits on its local buffer before it checks the servers' health.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
@@ -131,6 +132,9 @@ struct PullSet {
     /// channels) the pullers are blocking on now: a receiver whose key is among them needs not
     /// wake them.
     blocking_on: HashSet<String>,
+    /// Key names a receiver is taking from directly now; the pullers leave them alone
+    /// meanwhile. One taker per key at a time keeps messages in order.
+    taking: HashSet<String>,
 }
 
 /// One key a puller takes from, and how many messages at most per round trip.
@@ -293,6 +297,20 @@ impl Inner {
             .is_some_and(|s| s.ends_with('.'))
     }
 
+    /// Runs commands on `server` the way `via` says.
+    async fn exec(
+        &self,
+        via: Via,
+        server: usize,
+        cmds: Vec<Cmd>,
+    ) -> Result<Vec<RedisValue>, BackendError> {
+        let commands = &self.servers[server].commands;
+        match via {
+            Via::Caller => commands.run(cmds),
+            Via::Thread => commands.run_async(cmds).await,
+        }
+    }
+
     // ===== sending =====
 
     /// The command that sends `message` to `channel`, the server it goes to, and the
@@ -400,28 +418,74 @@ impl Inner {
     }
 
     /// Registers a receiver waiting on `channel`; the guard withdraws it.
-    fn want(&self, channel: &str) -> DemandGuard<'_> {
+    ///
+    /// Also returns, when the pullers are not on the channel's key and nobody else here is
+    /// taking from it, the right to take from it directly.
+    fn want(self: &Arc<Self>, channel: &str) -> (DemandGuard<'_>, Option<Arc<Taking>>) {
         let mut pull = self.pull.lock();
         *pull.waiting.entry(channel.to_owned()).or_insert(0) += 1;
-        // The key the message will come through: the channel's, or its process key.
-        let wake = !pull.blocking_on.contains(non_local_name(channel));
+        let taking = self.begin_taking(&mut pull, channel);
         drop(pull);
-        if wake {
-            self.wake_pullers();
-        }
-        DemandGuard {
+        let guard = DemandGuard {
             inner: self,
             channel: channel.to_owned(),
-        }
+        };
+        (guard, taking)
     }
 
-    /// How many messages receivers here still wait for, per key name: for each channel,
-    /// waiting receivers minus the messages already buffered for it.
+    /// The right to take from `channel`'s key directly, if the pullers are not on it and
+    /// nobody else here is taking from it: one taker per key keeps messages in order.
+    fn begin_taking(self: &Arc<Self>, pull: &mut PullSet, channel: &str) -> Option<Arc<Taking>> {
+        // The key the message comes through: the channel's, or its process key.
+        let name = non_local_name(channel);
+        if pull.blocking_on.contains(name) || pull.taking.contains(name) {
+            return None;
+        }
+        pull.taking.insert(name.to_owned());
+        Some(Arc::new(Taking {
+            inner: self.clone(),
+            name: name.to_owned(),
+        }))
+    }
+
+    /// Takes up to `count` messages from `channel`'s key on every server into the local
+    /// buffers, in one round trip each. The delivery happens where the reply arrives (for an
+    /// async caller, on the command thread), so a caller that gives up halfway loses nothing.
+    async fn take(
+        self: &Arc<Self>,
+        via: Via,
+        channel: &str,
+        count: usize,
+        taking: Arc<Taking>,
+    ) -> Result<(), BackendError> {
+        let (from, key, _) = self.take_commands(channel);
+        let mut result = Ok(());
+        for server in 0..self.servers.len() {
+            let mut cmd = ::redis::cmd("ZPOPMIN");
+            cmd.arg(&key).arg(count);
+            let (inner, from, taking) = (self.clone(), from.clone(), taking.clone());
+            let then: Then = Box::new(move |reply| {
+                let _taking = taking;
+                inner.took(&from, vec![reply]).map(|()| Vec::new())
+            });
+            let commands = &self.servers[server].commands;
+            let reply = match via {
+                Via::Caller => then(commands.run(vec![cmd])),
+                Via::Thread => commands.run_async_then(vec![cmd], Some(then)).await,
+            };
+            result = result.and(reply.map(drop));
+        }
+        result
+    }
+
+    /// How many messages to take now, per key name: for each channel with waiting receivers,
+    /// one per receiver plus the prefetch, minus the messages already buffered for it.
     fn needed(&self, pull: &mut PullSet) -> HashMap<String, usize> {
         pull.waiting.retain(|_, n| *n > 0);
         let mut needed: HashMap<String, usize> = HashMap::new();
         for (channel, &waiting) in &pull.waiting {
-            let missing = waiting.saturating_sub(self.local.queued_len(channel));
+            let wanted = waiting + self.config.receive_prefetch;
+            let missing = wanted.saturating_sub(self.local.queued_len(channel));
             if missing > 0 {
                 *needed
                     .entry(non_local_name(channel).to_owned())
@@ -440,15 +504,20 @@ impl Inner {
         self.needed(&mut pull).contains_key(name.as_str())
     }
 
-    /// Wakes the pullers blocked in `BZPOPMIN`, so they pick up a changed set of keys.
+    /// Commands that wake the pullers blocked in `BZPOPMIN`, so they pick up a changed set of
+    /// keys.
+    fn wake_commands(&self) -> [Cmd; 2] {
+        let mut zadd = ::redis::cmd("ZADD");
+        zadd.arg(&self.wake_key).arg(0).arg("wake");
+        let mut ttl = ::redis::cmd("PEXPIRE");
+        ttl.arg(&self.wake_key).arg(60_000);
+        [zadd, ttl]
+    }
+
+    /// Wakes the pullers without waiting for the reply.
     fn wake_pullers(&self) {
         for server in &self.servers {
-            let mut zadd = ::redis::cmd("ZADD");
-            zadd.arg(&self.wake_key).arg(0).arg("wake");
-            let mut ttl = ::redis::cmd("PEXPIRE");
-            ttl.arg(&self.wake_key).arg(60_000);
-            // Nobody waits for the reply.
-            drop(server.commands.submit(vec![zadd, ttl]));
+            drop(server.commands.submit(self.wake_commands().to_vec(), None));
         }
     }
 
@@ -456,17 +525,18 @@ impl Inner {
     /// messages to take at most (one per waiting receiver, plus the prefetch).
     pub(crate) fn pull_keys(&self) -> Vec<PullKey> {
         let mut pull = self.pull.lock();
-        let needed = self.needed(&mut pull);
+        let mut needed = self.needed(&mut pull);
+        needed.retain(|name, _| !pull.taking.contains(name));
         let keys: Vec<PullKey> = needed
             .iter()
-            .map(|(name, &waiting)| PullKey {
+            .map(|(name, &count)| PullKey {
                 key: self.key(name),
                 channel: if name.ends_with('!') {
                     Pulled::Process(name.clone())
                 } else {
                     Pulled::Normal(name.clone())
                 },
-                count: waiting + self.config.receive_prefetch,
+                count,
             })
             .collect();
         pull.blocking_on = needed.into_keys().collect();
@@ -540,7 +610,7 @@ impl Inner {
     /// Waits for a message on the local buffers, checking every so often that the pullers
     /// can reach their servers, so a receive fails with a typed error during an outage.
     async fn receive_async(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
@@ -548,7 +618,14 @@ impl Inner {
             return Err(ReceiveError::Closed);
         }
         self.check_receive(channel)?;
-        let _demand = self.want(channel);
+        if let Ok(m) = self.local.try_receive(channel) {
+            return Ok(m);
+        }
+        let (_demand, taking) = self.want(channel);
+        if let Some(taking) = taking {
+            let count = 1 + self.config.receive_prefetch;
+            self.take(Via::Thread, channel, count, taking).await?;
+        }
         loop {
             let step = step_deadline(deadline);
             match self.local.receive_until_async(channel, Some(step)).await {
@@ -559,7 +636,7 @@ impl Inner {
     }
 
     fn receive_blocking(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
@@ -567,7 +644,14 @@ impl Inner {
             return Err(ReceiveError::Closed);
         }
         self.check_receive(channel)?;
-        let _demand = self.want(channel);
+        if let Ok(m) = self.local.try_receive(channel) {
+            return Ok(m);
+        }
+        let (_demand, taking) = self.want(channel);
+        if let Some(taking) = taking {
+            let count = 1 + self.config.receive_prefetch;
+            block_on(self.take(Via::Caller, channel, count, taking))?;
+        }
         loop {
             let step = step_deadline(deadline);
             match self.local.receive_until(channel, Some(step)) {
@@ -626,7 +710,14 @@ impl Inner {
         Ok(())
     }
 
-    async fn try_receive_async(&self, channel: &str) -> Result<Message, TryReceiveError> {
+    /// Takes a message from the local buffer, or from Redis if none is buffered. While the
+    /// pullers (or another receiver) are taking from the key, only the local buffer is looked
+    /// at: they deliver what is there.
+    async fn try_receive(
+        self: &Arc<Self>,
+        via: Via,
+        channel: &str,
+    ) -> Result<Message, TryReceiveError> {
         if self.is_closed() {
             return Err(TryReceiveError::Closed);
         }
@@ -635,14 +726,14 @@ impl Inner {
             Err(TryReceiveError::Empty) => {}
             other => return other,
         }
-        let (from, key, count) = self.take_commands(channel);
-        let mut replies = Vec::with_capacity(self.servers.len());
-        for server in &self.servers {
-            let mut cmd = ::redis::cmd("ZPOPMIN");
-            cmd.arg(&key).arg(count);
-            replies.push(server.commands.run_async(vec![cmd]).await);
+        let taking = {
+            let mut pull = self.pull.lock();
+            self.begin_taking(&mut pull, channel)
+        };
+        if let Some(taking) = taking {
+            let (_, _, count) = self.take_commands(channel);
+            self.take(via, channel, count, taking).await?;
         }
-        self.took(&from, replies)?;
         self.local.try_receive(channel)
     }
 
@@ -749,46 +840,45 @@ impl Inner {
         );
     }
 
-    async fn group_send_async(
+    async fn group_send(
         &self,
+        via: Via,
         group: &str,
         message: Message,
     ) -> Result<GroupSendReport, LayerError> {
         message.check_reserved()?;
         let (server, cmd) = self.members_command(group)?;
         let members = member_names(one_value(
-            self.servers[server].commands.run_async(vec![cmd]).await?,
+            self.exec(via, server, vec![cmd]).await?,
             "group members",
         )?);
         let mut report = GroupSendReport::default();
-        let mut pending: Vec<(_, Vec<usize>)> = Vec::new();
         for (server, (cmd, sizes)) in self.group_deliveries(&message, &members)? {
-            let (rx, deadline) = self.servers[server].commands.submit(vec![cmd]);
-            pending.push((rx.recv(Some(deadline)), sizes));
-        }
-        for (reply, sizes) in pending {
-            let reply = match reply.await {
-                Ok(r) => r,
-                Err(_) => Err(BackendError::new(
-                    BackendErrorKind::Timeout,
-                    "redis did not answer in time",
-                )),
-            };
-            let expired = tally(&mut report, one_value(reply?, "group send")?, &sizes);
+            let reply = self.exec(via, server, vec![cmd]).await?;
+            let expired = tally(&mut report, one_value(reply, "group send")?, &sizes);
             Counters::add(&self.counters.expired, expired);
         }
         self.count_group_send(&report);
         Ok(report)
     }
 
+    async fn group_change(
+        &self,
+        via: Via,
+        (server, cmds): (usize, Vec<Cmd>),
+    ) -> Result<(), LayerError> {
+        all_ok(self.exec(via, server, cmds).await?)?;
+        Ok(())
+    }
+
     // ===== flush =====
 
-    async fn flush_async(&self) -> Result<(), LayerError> {
+    async fn flush(&self, via: Via) -> Result<(), LayerError> {
         self.check_open()?;
         let pattern = format!("{}*", self.config.prefix);
         let group_prefix = self.group_key("");
         let mut dropped = 0u64;
-        for server in &self.servers {
+        for server in 0..self.servers.len() {
             let mut cursor = 0u64;
             loop {
                 let mut scan = ::redis::cmd("SCAN");
@@ -797,7 +887,7 @@ impl Inner {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(1000);
-                let reply = one_value(server.commands.run_async(vec![scan]).await?, "scan")?;
+                let reply = one_value(self.exec(via, server, vec![scan]).await?, "scan")?;
                 let (next, keys) = scanned(reply)?;
                 if !keys.is_empty() {
                     let mut flush = ::redis::cmd("EVALSHA");
@@ -807,7 +897,7 @@ impl Inner {
                     }
                     flush.arg(&group_prefix).arg("__wake__:");
                     let counted = ints(
-                        one_value(server.commands.run_async(vec![flush]).await?, "flush")?,
+                        one_value(self.exec(via, server, vec![flush]).await?, "flush")?,
                         "flush",
                     )?;
                     dropped += counted
@@ -838,6 +928,15 @@ impl Inner {
     }
 }
 
+/// How an operation talks to Redis: blocking calls on their own thread over a pooled
+/// connection (their futures never wait, so `block_on` runs them straight through), async
+/// calls through the command thread.
+#[derive(Clone, Copy)]
+enum Via {
+    Caller,
+    Thread,
+}
+
 fn step_deadline(deadline: Option<Instant>) -> Instant {
     let step = Instant::now() + HEALTH_CHECK;
     deadline.map_or(step, |d| d.min(step))
@@ -851,6 +950,27 @@ struct Bundles {
     members: Vec<Vec<u8>>,
     capacities: Vec<usize>,
     sizes: Vec<usize>,
+}
+
+/// The right to take from a key directly (see [`Inner::begin_taking`]). When the last holder
+/// lets go, the pullers may take from the key again, and are woken if receivers still wait.
+pub(crate) struct Taking {
+    inner: Arc<Inner>,
+    name: String,
+}
+
+impl Drop for Taking {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        let mut pull = inner.pull.lock();
+        pull.taking.remove(&self.name);
+        let wake = inner.needed(&mut pull).contains_key(&self.name)
+            && !pull.blocking_on.contains(&self.name);
+        drop(pull);
+        if wake {
+            inner.wake_pullers();
+        }
+    }
 }
 
 /// Withdraws a waiting receiver when it stops waiting.
@@ -1070,7 +1190,11 @@ impl ChannelLayer for RedisLayer {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Message, TryReceiveError>> {
-        Box::pin(self.inner.try_receive_async(channel))
+        Box::pin(self.inner.try_receive(Via::Thread, channel))
+    }
+
+    fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
+        block_on(self.inner.try_receive(Via::Caller, channel))
     }
 
     fn group_add_async<'a>(
@@ -1079,14 +1203,14 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(), LayerError>> {
         Box::pin(async move {
-            let (server, cmds) = self.inner.group_add_cmds(group, channel)?;
-            self.inner.servers[server]
-                .commands
-                .run_async(cmds)
-                .await
-                .and_then(all_ok)?;
-            Ok(())
+            let cmds = self.inner.group_add_cmds(group, channel)?;
+            self.inner.group_change(Via::Thread, cmds).await
         })
+    }
+
+    fn group_add(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        let cmds = self.inner.group_add_cmds(group, channel)?;
+        block_on(self.inner.group_change(Via::Caller, cmds))
     }
 
     fn group_discard_async<'a>(
@@ -1095,14 +1219,14 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(), LayerError>> {
         Box::pin(async move {
-            let (server, cmds) = self.inner.group_discard_cmds(group, channel)?;
-            self.inner.servers[server]
-                .commands
-                .run_async(cmds)
-                .await
-                .and_then(all_ok)?;
-            Ok(())
+            let cmds = self.inner.group_discard_cmds(group, channel)?;
+            self.inner.group_change(Via::Thread, cmds).await
         })
+    }
+
+    fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
+        let cmds = self.inner.group_discard_cmds(group, channel)?;
+        block_on(self.inner.group_change(Via::Caller, cmds))
     }
 
     fn group_send_async<'a>(
@@ -1110,11 +1234,19 @@ impl ChannelLayer for RedisLayer {
         group: &'a str,
         message: Message,
     ) -> BoxFuture<'a, Result<GroupSendReport, LayerError>> {
-        Box::pin(self.inner.group_send_async(group, message))
+        Box::pin(self.inner.group_send(Via::Thread, group, message))
+    }
+
+    fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, LayerError> {
+        block_on(self.inner.group_send(Via::Caller, group, message))
     }
 
     fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>> {
-        Box::pin(self.inner.flush_async())
+        Box::pin(self.inner.flush(Via::Thread))
+    }
+
+    fn flush(&self) -> Result<(), LayerError> {
+        block_on(self.inner.flush(Via::Caller))
     }
 
     fn close(&self) {
