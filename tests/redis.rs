@@ -87,3 +87,80 @@ fn an_unreachable_server_fails_fast_with_a_typed_error() {
         start.elapsed()
     );
 }
+
+#[test]
+fn acl_users_and_database_numbers_come_from_the_url() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reply = server.command(&[
+        "ACL", "SETUSER", "alice", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let url = format!(
+        "redis://alice:s3cret@127.0.0.1:{}/3?prefix=acl",
+        server.port()
+    );
+    let layer = RedisLayer::from_url(&url).unwrap();
+    layer.send("private", Message::new("hi")).unwrap();
+    // The message went to database 3.
+    let keyspace = server.command(&["INFO", "keyspace"]);
+    assert!(keyspace.contains("db3:keys=1"), "{keyspace}");
+    assert_eq!(
+        layer
+            .receive_timeout("private", Duration::from_secs(5))
+            .unwrap()
+            .message_type(),
+        Some("hi")
+    );
+
+    let wrong =
+        RedisLayer::from_url(&format!("redis://alice:nope@127.0.0.1:{}/0", server.port())).unwrap();
+    let err = wrong.send("private", Message::new("x")).unwrap_err();
+    assert!(
+        matches!(err, channel_layer::SendError::Backend { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_unix_socket_url_reaches_the_server() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let socket = server.dir().join("redis.sock");
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    // A socket is set at start-up: a second server listens on one only, in the first's folder.
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--unixsocket",
+            &socket_arg,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--dir", server.dir().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let start = std::time::Instant::now();
+    while !socket.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = std::panic::catch_unwind(|| {
+        let layer = RedisLayer::from_url(&format!("unix://{socket_arg}?db=2&prefix=sock")).unwrap();
+        layer.send("local", Message::new("over a socket")).unwrap();
+        let got = layer
+            .receive_timeout("local", Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(got.message_type(), Some("over a socket"));
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -55,6 +55,11 @@ pub struct RedisConfig {
     /// `symmetric_encryption_keys`: the first encrypts, all decrypt (key rotation).
     #[cfg(feature = "redis-encryption")]
     pub symmetric_encryption_keys: Vec<String>,
+    /// For `rediss://` servers: a root certificate (PEM) to trust instead of the system's
+    /// store, for servers with certificates from a private CA. (`rediss://host/#insecure`
+    /// skips verification altogether, for tests only.)
+    #[cfg(feature = "redis-tls")]
+    pub tls_ca_cert: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -75,13 +80,18 @@ impl RedisConfig {
             operation_timeout: Duration::from_secs(5),
             #[cfg(feature = "redis-encryption")]
             symmetric_encryption_keys: Vec::new(),
+            #[cfg(feature = "redis-tls")]
+            tls_ca_cert: None,
         }
     }
 
     /// Reads a URL whose query parameters set the options: `prefix`, `capacity`, `expiry`,
     /// `group_expiry`, `random_prefix_length`, `receive_prefetch`, `connect_timeout` and
-    /// `timeout` (seconds). The server address is the URL without them. An unknown parameter
-    /// is an error.
+    /// `timeout` (seconds), and with the `redis-tls` feature `tls_ca_file` (a PEM file read
+    /// now). The server address is the URL without them. An unknown parameter is an error.
+    ///
+    /// Addresses: `redis://[user:password@]host[:port][/db]`, `rediss://...` for TLS (feature
+    /// `redis-tls`), `unix:///path/to/redis.sock[?db=N]`.
     ///
     /// # Errors
     ///
@@ -104,6 +114,13 @@ impl RedisConfig {
                 "receive_prefetch" => config.receive_prefetch = parse_count(&name, &value)?,
                 "connect_timeout" => config.connect_timeout = parse_seconds(&name, &value)?,
                 "timeout" => config.operation_timeout = parse_seconds(&name, &value)?,
+                #[cfg(feature = "redis-tls")]
+                "tls_ca_file" => {
+                    let pem = std::fs::read(&value).map_err(|e| {
+                        BuildError::invalid_option(&name, &value, format!("cannot read it: {e}"))
+                    })?;
+                    config.tls_ca_cert = Some(pem);
+                }
                 // The socket path's database for unix URLs is the client's own parameter.
                 "db" if parsed.scheme() != "redis" && parsed.scheme() != "rediss" => {
                     kept.push((name, value));

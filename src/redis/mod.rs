@@ -201,10 +201,7 @@ impl RedisLayer {
         };
         let mut servers = Vec::with_capacity(config.hosts.len());
         for (i, host) in config.hosts.iter().enumerate() {
-            let client = Client::open(host.as_str()).map_err(|e| BuildError::InvalidUrl {
-                url: host.clone(),
-                reason: e.to_string(),
-            })?;
+            let client = open_client(&config, host)?;
             let commands =
                 Commands::start(client.clone(), timeouts, format!("channel-layer-redis-{i}"))?;
             servers.push(Server {
@@ -237,6 +234,37 @@ impl RedisLayer {
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
     }
+}
+
+/// A client for one server address, with TLS set up for `rediss://` addresses.
+fn open_client(config: &RedisConfig, host: &str) -> Result<Client, BuildError> {
+    let invalid = |reason: String| BuildError::InvalidUrl {
+        url: host.to_owned(),
+        reason,
+    };
+    let tls = host.starts_with("rediss:");
+    #[cfg(not(feature = "redis-tls"))]
+    if tls {
+        let _ = config;
+        return Err(BuildError::FeatureDisabled {
+            scheme: "rediss".into(),
+            feature: "redis-tls",
+        });
+    }
+    #[cfg(feature = "redis-tls")]
+    if tls {
+        // rustls needs a process-wide crypto provider; an application may have installed its
+        // own already, which is then used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(pem) = &config.tls_ca_cert {
+            let certs = ::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            return Client::build_with_tls(host, certs).map_err(|e| invalid(e.to_string()));
+        }
+    }
+    Client::open(host).map_err(|e| invalid(e.to_string()))
 }
 
 impl fmt::Debug for RedisLayer {

@@ -1,0 +1,232 @@
+//! The Redis backend over TLS (`rediss://`) against a real `redis-server` with a TLS port, its
+//! certificate signed by a throwaway CA made with the `openssl` command for this test.
+
+mod support;
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use channel_layer::redis::{RedisConfig, RedisLayer};
+use channel_layer::{ChannelLayer, ChannelLayerExt, Message, SendError};
+use support::{scratch_root, service_missing};
+
+/// A TLS-only `redis-server` on a free loopback port; killed on drop.
+struct TlsServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 in `dir`.
+fn certificates(dir: &Path) -> Result<(), String> {
+    let days = ["-days", "2"];
+    run(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=channel-layer test CA",
+            days[0],
+            days[1],
+        ],
+    )?;
+    run(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    )?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+        .map_err(|e| e.to_string())?;
+    run(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "san.ext",
+            days[0],
+            days[1],
+        ],
+    )
+}
+
+fn start() -> Option<TlsServer> {
+    if Command::new("openssl").arg("version").output().is_err() {
+        service_missing("openssl", "needed to make test certificates");
+        return None;
+    }
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        service_missing("redis-server", "not on PATH");
+        return None;
+    }
+    let dir = scratch_root().join(format!(
+        "test-redis-tls/{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    certificates(&dir).unwrap_or_else(|e| panic!("making certificates failed: {e}"));
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+        ])
+        .args(["--dir", dir.to_str().unwrap(), "--logfile", "redis.log"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning redis-server");
+    let server = TlsServer { child, port, dir };
+    let start = Instant::now();
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "redis-server with TLS did not come up: {}",
+            std::fs::read_to_string(server.dir.join("redis.log")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Some(server)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+fn exercise(layer: &RedisLayer) {
+    layer
+        .send("secure", Message::new("hello").with("n", 1))
+        .expect("send over TLS");
+    let got = layer
+        .receive_timeout("secure", Duration::from_secs(5))
+        .expect("receive over TLS");
+    assert_eq!(got.message_type(), Some("hello"));
+    let inbox = layer.new_channel("specific").unwrap();
+    layer.group_add("tls-room", &inbox).unwrap();
+    assert_eq!(
+        layer
+            .group_send("tls-room", Message::new("room"))
+            .unwrap()
+            .delivered,
+        1
+    );
+    assert_eq!(
+        layer
+            .receive_timeout(&inbox, Duration::from_secs(5))
+            .unwrap()
+            .message_type(),
+        Some("room")
+    );
+}
+
+#[test]
+fn a_private_ca_certificate_given_in_code_or_by_url_verifies_the_server() {
+    let Some(server) = start() else { return };
+    let mut config = RedisConfig::new(format!("rediss://127.0.0.1:{}/0", server.port));
+    config.tls_ca_cert = Some(std::fs::read(server.dir.join("ca.crt")).unwrap());
+    exercise(&RedisLayer::new(config).unwrap());
+
+    let url = format!(
+        "rediss://127.0.0.1:{}/0?prefix=byurl&tls_ca_file={}",
+        server.port,
+        server.dir.join("ca.crt").display()
+    );
+    exercise(&RedisLayer::from_url(&url).unwrap());
+}
+
+#[test]
+fn an_unverifiable_server_is_a_typed_error_and_insecure_mode_skips_verification() {
+    let Some(server) = start() else { return };
+    // The system's roots do not know the test CA.
+    let strict =
+        RedisLayer::from_url(&format!("rediss://127.0.0.1:{}/0?timeout=2", server.port)).unwrap();
+    let err = strict.send("secure", Message::new("x")).unwrap_err();
+    assert!(matches!(err, SendError::Backend { .. }), "{err:?}");
+
+    let insecure =
+        RedisLayer::from_url(&format!("rediss://127.0.0.1:{}/0#insecure", server.port)).unwrap();
+    exercise(&insecure);
+
+    assert!(
+        RedisLayer::from_url("rediss://127.0.0.1:1/0?tls_ca_file=/nonexistent/ca.pem").is_err()
+    );
+}
