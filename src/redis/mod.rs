@@ -890,11 +890,13 @@ impl Inner {
         Ok(report)
     }
 
+    /// Runs a membership change built by `group_add_cmds` or `group_discard_cmds`.
     async fn group_change(
         &self,
         via: Via,
-        (server, cmds): (usize, Vec<Cmd>),
+        change: Result<(usize, Vec<Cmd>), LayerError>,
     ) -> Result<(), LayerError> {
+        let (server, cmds) = change?;
         all_ok(self.exec(via, server, cmds).await?)?;
         Ok(())
     }
@@ -1230,15 +1232,13 @@ impl ChannelLayer for RedisLayer {
         group: &'a str,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(), LayerError>> {
-        Box::pin(async move {
-            let cmds = self.inner.group_add_cmds(group, channel)?;
-            self.inner.group_change(Via::Thread, cmds).await
-        })
+        let change = self.inner.group_add_cmds(group, channel);
+        Box::pin(self.inner.group_change(Via::Thread, change))
     }
 
     fn group_add(&self, group: &str, channel: &str) -> Result<(), LayerError> {
-        let cmds = self.inner.group_add_cmds(group, channel)?;
-        block_on(self.inner.group_change(Via::Caller, cmds))
+        let change = self.inner.group_add_cmds(group, channel);
+        block_on(self.inner.group_change(Via::Caller, change))
     }
 
     fn group_discard_async<'a>(
@@ -1246,15 +1246,13 @@ impl ChannelLayer for RedisLayer {
         group: &'a str,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(), LayerError>> {
-        Box::pin(async move {
-            let cmds = self.inner.group_discard_cmds(group, channel)?;
-            self.inner.group_change(Via::Thread, cmds).await
-        })
+        let change = self.inner.group_discard_cmds(group, channel);
+        Box::pin(self.inner.group_change(Via::Thread, change))
     }
 
     fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
-        let cmds = self.inner.group_discard_cmds(group, channel)?;
-        block_on(self.inner.group_change(Via::Caller, cmds))
+        let change = self.inner.group_discard_cmds(group, channel);
+        block_on(self.inner.group_change(Via::Caller, change))
     }
 
     fn group_send_async<'a>(
