@@ -39,9 +39,23 @@ pub(crate) struct Timeouts {
 pub(crate) type Then =
     Box<dyn FnOnce(Result<Vec<Value>, BackendError>) -> Result<Vec<Value>, BackendError> + Send>;
 
+/// One message for the send script, which the command thread can bundle with others for the
+/// same key into one script call (see [`scripts`]' `send_many`).
+pub(crate) struct SendOne {
+    pub(crate) key: String,
+    pub(crate) member: Vec<u8>,
+    pub(crate) score: f64,
+    pub(crate) cutoff: f64,
+    pub(crate) capacity: usize,
+    pub(crate) ttl_millis: u64,
+}
+
 /// Commands to run in one pipeline, and where their replies go.
 pub(crate) struct Job {
     cmds: Vec<Cmd>,
+    /// A send, run bundled with the sends next to it for the same key; its reply has the shape
+    /// of the single send script's, `[added, expired]`.
+    send: Option<SendOne>,
     reply: oneshot::Sender<Result<Vec<Value>, BackendError>>,
     deadline: Instant,
     then: Option<Then>,
@@ -222,6 +236,7 @@ impl Commands {
         let deadline = Instant::now() + self.shared.timeouts.operation;
         let job = Job {
             cmds,
+            send: None,
             reply,
             deadline,
             then,
@@ -233,6 +248,27 @@ impl Commands {
             )));
         }
         (rx, deadline)
+    }
+
+    /// Queues a send for the command thread, which bundles it with the sends queued next to it
+    /// for the same key: one script call adds them all.
+    pub(crate) async fn send_async(&self, send: SendOne) -> Result<Vec<Value>, BackendError> {
+        let (reply, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.shared.timeouts.operation;
+        let job = Job {
+            cmds: Vec::new(),
+            send: Some(send),
+            reply,
+            deadline,
+            then: None,
+        };
+        if let Err(crossbeam_channel::SendError(job)) = self.tx.send(job) {
+            job.finish(Err(BackendError::new(
+                BackendErrorKind::Other,
+                "the redis connection thread has stopped",
+            )));
+        }
+        flatten(rx.recv(Some(deadline)).await)
     }
 
     /// Runs commands in one round trip on the calling thread, blocking it; bounded by the
@@ -299,20 +335,116 @@ fn command_thread(shared: &Shared, rx: &Receiver<Job>) {
         if batch.is_empty() {
             continue;
         }
+        let (cmds, parts) = plan(&batch);
         let result = shared
             .connection()
-            .and_then(|conn| shared.query(conn, batch.iter().flat_map(|job| job.cmds.iter())));
+            .and_then(|conn| shared.query(conn, cmds.iter()));
         match result {
-            Ok(values) => {
-                let mut rest = values.into_iter();
-                for job in batch.drain(..) {
-                    let replies: Vec<Value> = rest.by_ref().take(job.cmds.len()).collect();
-                    job.finish(Ok(replies));
-                }
-            }
+            Ok(values) => answer(batch.drain(..), parts, values),
             Err(e) => {
                 for job in batch.drain(..) {
                     job.finish(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// How the replies of a pipeline map back to the jobs of a batch.
+enum Part {
+    /// The next `n` replies belong to the next job.
+    Cmds(usize),
+    /// The next reply, of the bundled send script, answers the next `n` (send) jobs.
+    Sends(usize),
+}
+
+/// The pipeline for a batch: each job's commands in order, and each run of sends to the same
+/// key (and capacity) as one bundled script call.
+fn plan(batch: &[Job]) -> (Vec<Cmd>, Vec<Part>) {
+    let mut cmds = Vec::new();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let Some(first) = &batch[i].send else {
+            cmds.extend(batch[i].cmds.iter().cloned());
+            parts.push(Part::Cmds(batch[i].cmds.len()));
+            i += 1;
+            continue;
+        };
+        let run = batch[i..]
+            .iter()
+            .take_while(|job| {
+                job.send
+                    .as_ref()
+                    .is_some_and(|s| s.key == first.key && s.capacity == first.capacity)
+            })
+            .count();
+        let sends = batch[i..i + run].iter().filter_map(|job| job.send.as_ref());
+        let cutoff = sends.clone().map(|s| s.cutoff).fold(f64::MIN, f64::max);
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(&scripts().send_many.sha)
+            .arg(1)
+            .arg(&first.key)
+            .arg(cutoff)
+            .arg(first.capacity)
+            .arg(first.ttl_millis);
+        for s in sends {
+            cmd.arg(s.score).arg(s.member.as_slice());
+        }
+        cmds.push(cmd);
+        parts.push(Part::Sends(run));
+        i += run;
+    }
+    (cmds, parts)
+}
+
+/// Answers each job of a batch from the pipeline's replies, as [`plan`] laid them out.
+fn answer(jobs: impl Iterator<Item = Job>, parts: Vec<Part>, values: Vec<Value>) {
+    let mut jobs = jobs;
+    let mut values = values.into_iter();
+    for part in parts {
+        match part {
+            Part::Cmds(n) => {
+                if let Some(job) = jobs.next() {
+                    job.finish(Ok(values.by_ref().take(n).collect()));
+                }
+            }
+            Part::Sends(n) => {
+                // `[expired, added_1, ..., added_n]`, or an error for all of them.
+                let reply = values.next().unwrap_or(Value::Nil);
+                let outcome: Result<Vec<Value>, BackendError> = match reply {
+                    Value::Array(items) => Ok(items),
+                    Value::ServerError(e) => Err(BackendError::new(
+                        BackendErrorKind::Refused,
+                        format!("send: {e:?}"),
+                    )),
+                    other => Err(BackendError::new(
+                        BackendErrorKind::Protocol,
+                        format!("unexpected reply to send: {other:?}"),
+                    )),
+                };
+                let (expired, added) = match &outcome {
+                    Ok(items) => (
+                        items.first().cloned().unwrap_or(Value::Int(0)),
+                        &items[1.min(items.len())..],
+                    ),
+                    Err(_) => (Value::Int(0), &[][..]),
+                };
+                for (k, job) in jobs.by_ref().take(n).enumerate() {
+                    let result = match &outcome {
+                        Err(e) => Err(e.clone()),
+                        // Each send's reply as the single send script gives it; the expired
+                        // count goes with the first, so it is counted once.
+                        Ok(_) => Ok(vec![Value::Array(vec![
+                            added.get(k).cloned().unwrap_or(Value::Int(0)),
+                            if k == 0 {
+                                expired.clone()
+                            } else {
+                                Value::Int(0)
+                            },
+                        ])]),
+                    };
+                    job.finish(result);
                 }
             }
         }

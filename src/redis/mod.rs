@@ -65,7 +65,7 @@ use parking_lot::Mutex;
 
 use self::codec::{AsgiChannel, Codec};
 pub use self::config::{DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, RedisConfig};
-use self::conn::{Commands, Then, Timeouts};
+use self::conn::{Commands, SendOne, Then, Timeouts};
 use self::hash::consistent_hash;
 use self::scripts::scripts;
 use crate::config::LayerConfig;
@@ -341,13 +341,8 @@ impl Inner {
 
     // ===== sending =====
 
-    /// The command that sends `message` to `channel`, the server it goes to, and the
-    /// capacity that applies.
-    fn send_command(
-        &self,
-        channel: &str,
-        message: &Message,
-    ) -> Result<(usize, Cmd, usize), MessageError> {
+    /// What sending `message` to `channel` stores, and the server it goes to.
+    fn send_one(&self, channel: &str, message: &Message) -> Result<(usize, SendOne), MessageError> {
         let (key, asgi, server) = if is_process_specific(channel) {
             let non_local = non_local_name(channel);
             (
@@ -358,33 +353,31 @@ impl Inner {
         } else {
             (self.key(channel), AsgiChannel::None, self.round_robin())
         };
-        let capacity = self.layer_config().capacity_for(channel);
         let member = self
             .codec
             .pack(message, asgi)
             .map_err(|e| MessageError::Encode(e.to_string()))?;
         let now = wall_clock();
-        let mut cmd = ::redis::cmd("EVALSHA");
-        cmd.arg(&scripts().send.sha)
-            .arg(1)
-            .arg(key)
-            .arg(member)
-            .arg(now)
-            .arg(now - self.expiry_secs())
-            .arg(capacity)
-            .arg(self.ttl_millis());
-        Ok((server, cmd, capacity))
+        let send = SendOne {
+            key,
+            member,
+            score: now,
+            cutoff: now - self.expiry_secs(),
+            capacity: self.layer_config().capacity_for(channel),
+            ttl_millis: self.ttl_millis(),
+        };
+        Ok((server, send))
     }
 
-    /// Checks a send and builds its command.
+    /// Checks a send and builds what it stores.
     fn prepare_send(
         &self,
         channel: &str,
         message: Message,
-    ) -> Result<(Message, usize, Cmd, usize), SendError> {
+    ) -> Result<(Message, usize, SendOne), SendError> {
         let message = self.check_send(channel, message)?;
-        match self.send_command(channel, &message) {
-            Ok((server, cmd, capacity)) => Ok((message, server, cmd, capacity)),
+        match self.send_one(channel, &message) {
+            Ok((server, send)) => Ok((message, server, send)),
             Err(error) => Err(SendError::InvalidMessage { error, message }),
         }
     }
@@ -1185,17 +1178,25 @@ impl ChannelLayer for RedisLayer {
         message: Message,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            let (message, server, cmd, capacity) = self.inner.prepare_send(channel, message)?;
-            let reply = self.inner.servers[server]
-                .commands
-                .run_async(vec![cmd])
-                .await;
+            let (message, server, send) = self.inner.prepare_send(channel, message)?;
+            let capacity = send.capacity;
+            let reply = self.inner.servers[server].commands.send_async(send).await;
             self.inner.sent(channel, capacity, message, reply)
         })
     }
 
     fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
-        let (message, server, cmd, capacity) = self.inner.prepare_send(channel, message)?;
+        let (message, server, send) = self.inner.prepare_send(channel, message)?;
+        let capacity = send.capacity;
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(&scripts().send.sha)
+            .arg(1)
+            .arg(send.key)
+            .arg(send.member)
+            .arg(send.score)
+            .arg(send.cutoff)
+            .arg(send.capacity)
+            .arg(send.ttl_millis);
         let reply = self.inner.servers[server].commands.run(vec![cmd]);
         self.inner.sent(channel, capacity, message, reply)
     }

@@ -37,6 +37,34 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {1, expired}
 ";
 
+/// Send several messages to one key in one call: the command thread bundles the sends queued
+/// together for the same channel (async senders with many messages in flight).
+///
+/// KEYS[1] channel key. ARGV: 1 prune cutoff, 2 capacity, 3 TTL in milliseconds, then a score
+/// and a member per message. Returns `{expired, added_1, ..., added_n}`, where added is 1 or 0
+/// (full); messages are added in order until the key is full.
+const SEND_MANY: &str = r"
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+local out = {expired}
+local pairs = {}
+for i = 4, #ARGV, 2 do
+  if room > 0 then
+    pairs[#pairs + 1] = ARGV[i]
+    pairs[#pairs + 1] = ARGV[i + 1]
+    room = room - 1
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #pairs > 0 then
+  redis.call('ZADD', KEYS[1], unpack(pairs))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return out
+";
+
 /// Deliver one `group_send` to the channel keys of one shard, each with its own bundled copy
 /// of the message (spec §3.7, whose Lua this mirrors, with the prune folded in).
 ///
@@ -83,15 +111,17 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
 pub(crate) struct Scripts {
     pub(crate) send: Script,
+    pub(crate) send_many: Script,
     pub(crate) group_deliver: Script,
     pub(crate) group_members: Script,
     pub(crate) flush: Script,
 }
 
 impl Scripts {
-    pub(crate) fn all(&self) -> [&Script; 4] {
+    pub(crate) fn all(&self) -> [&Script; 5] {
         [
             &self.send,
+            &self.send_many,
             &self.group_deliver,
             &self.group_members,
             &self.flush,
@@ -103,8 +133,28 @@ pub(crate) fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
         send: Script::new(SEND),
+        send_many: Script::new(SEND_MANY),
         group_deliver: Script::new(GROUP_DELIVER),
         group_members: Script::new(GROUP_MEMBERS),
         flush: Script::new(FLUSH),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every script is loaded with the others (a missing one would fail with NOSCRIPT).
+    #[test]
+    fn all_lists_every_script() {
+        let s = super::scripts();
+        let all: Vec<&str> = s.all().iter().map(|x| x.sha.as_str()).collect();
+        for script in [
+            &s.send,
+            &s.send_many,
+            &s.group_deliver,
+            &s.group_members,
+            &s.flush,
+        ] {
+            assert!(all.contains(&script.sha.as_str()));
+        }
+    }
 }
