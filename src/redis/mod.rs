@@ -442,7 +442,7 @@ impl Inner {
     ///
     /// Also returns, when the pullers are not on the channel's key and nobody else here is
     /// taking from it, the right to take from it directly.
-    fn want(self: &Arc<Self>, channel: &str) -> (DemandGuard<'_>, Option<Arc<Taking>>) {
+    fn want(self: &Arc<Self>, channel: &str, via: Via) -> (DemandGuard<'_>, Option<Arc<Taking>>) {
         let mut pull = self.pull.lock();
         *pull.waiting.entry(channel.to_owned()).or_insert(0) += 1;
         let taking = self.begin_taking(&mut pull, channel);
@@ -450,6 +450,7 @@ impl Inner {
         let guard = DemandGuard {
             inner: self,
             channel: channel.to_owned(),
+            via,
         };
         (guard, taking)
     }
@@ -628,10 +629,13 @@ impl Inner {
         self.servers.iter().find_map(|s| s.fault.lock().clone())
     }
 
-    /// Waits for a message on the local buffers, checking every so often that the pullers
-    /// can reach their servers, so a receive fails with a typed error during an outage.
-    async fn receive_async(
+    /// Waits for a message on the local buffers, taking it from Redis first if the key is
+    /// idle, and checking every so often that the pullers can reach their servers, so a
+    /// receive fails with a typed error during an outage. A blocking receive (`Via::Caller`)
+    /// waits on its own thread inside the future, which then never suspends.
+    async fn receive(
         self: &Arc<Self>,
+        via: Via,
         channel: &str,
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
@@ -642,40 +646,18 @@ impl Inner {
         if let Ok(m) = self.local.try_receive(channel) {
             return Ok(m);
         }
-        let (_demand, taking) = self.want(channel);
+        let (_demand, taking) = self.want(channel, via);
         if let Some(taking) = taking {
             let count = 1 + self.config.receive_prefetch;
-            self.take(Via::Thread, channel, count, taking).await?;
+            self.take(via, channel, count, taking).await?;
         }
         loop {
-            let step = step_deadline(deadline);
-            match self.local.receive_until_async(channel, Some(step)).await {
-                Err(ReceiveError::Timeout) => self.after_wait(deadline)?,
-                other => return other,
-            }
-        }
-    }
-
-    fn receive_blocking(
-        self: &Arc<Self>,
-        channel: &str,
-        deadline: Option<Instant>,
-    ) -> Result<Message, ReceiveError> {
-        if self.is_closed() {
-            return Err(ReceiveError::Closed);
-        }
-        self.check_receive(channel)?;
-        if let Ok(m) = self.local.try_receive(channel) {
-            return Ok(m);
-        }
-        let (_demand, taking) = self.want(channel);
-        if let Some(taking) = taking {
-            let count = 1 + self.config.receive_prefetch;
-            block_on(self.take(Via::Caller, channel, count, taking))?;
-        }
-        loop {
-            let step = step_deadline(deadline);
-            match self.local.receive_until(channel, Some(step)) {
+            let step = Some(step_deadline(deadline));
+            let waited = match via {
+                Via::Caller => self.local.receive_until(channel, step),
+                Via::Thread => self.local.receive_until_async(channel, step).await,
+            };
+            match waited {
                 Err(ReceiveError::Timeout) => self.after_wait(deadline)?,
                 other => return other,
             }
@@ -997,16 +979,42 @@ impl Drop for Taking {
 }
 
 /// Withdraws a waiting receiver when it stops waiting.
+///
+/// If that leaves nobody here waiting on a key a puller is blocked on, the puller is woken,
+/// or it would take the next message for nobody (and put it back a round trip later, while
+/// other senders would not see it count against the capacity, nor a flush see it). A blocking
+/// receiver waits until Redis has the wake-up, so nothing this thread does next can meet the
+/// stale wait; an async one cannot wait in a destructor and only sends it.
 struct DemandGuard<'a> {
     inner: &'a Inner,
     channel: String,
+    via: Via,
 }
 
 impl Drop for DemandGuard<'_> {
     fn drop(&mut self) {
-        let mut pull = self.inner.pull.lock();
+        let inner = self.inner;
+        let mut pull = inner.pull.lock();
         if let Some(n) = pull.waiting.get_mut(&self.channel) {
             *n = n.saturating_sub(1);
+        }
+        let key = non_local_name(&self.channel);
+        let stale = pull.blocking_on.contains(key) && !inner.needed(&mut pull).contains_key(key);
+        if stale {
+            pull.blocking_on.remove(key);
+        }
+        drop(pull);
+        if !stale {
+            return;
+        }
+        match self.via {
+            Via::Thread => inner.wake_pullers(),
+            Via::Caller => {
+                for server in &inner.servers {
+                    // A failure here is the puller's to notice; the receive has its result.
+                    let _ = server.commands.run(inner.wake_commands().to_vec());
+                }
+            }
         }
     }
 }
@@ -1206,7 +1214,7 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Message, ReceiveError>> {
-        Box::pin(self.inner.receive_async(channel, deadline))
+        Box::pin(self.inner.receive(Via::Thread, channel, deadline))
     }
 
     fn receive_until(
@@ -1214,7 +1222,7 @@ impl ChannelLayer for RedisLayer {
         channel: &str,
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
-        self.inner.receive_blocking(channel, deadline)
+        block_on(self.inner.receive(Via::Caller, channel, deadline))
     }
 
     fn try_receive_async<'a>(
