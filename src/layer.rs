@@ -401,7 +401,7 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 ///
 /// let l = Labelled { label: "test", layer: InMemoryLayer::default() };
 /// l.send("a", channel_layer::Message::new("x"))?;
-/// assert_eq!(l.metrics().sent, 1);
+/// assert_eq!((l.label, l.metrics().sent), ("test", 1));
 /// # Ok::<(), channel_layer::SendError>(())
 /// ```
 #[macro_export]

@@ -42,6 +42,7 @@
 //! let layer = RedisLayer::from_url("redis://127.0.0.1:6379/0?prefix=asgi&capacity=100")?;
 //! layer.send("chat.lobby", Message::new("chat.message").with("text", "hi"))?;
 //! let reply_to = layer.new_channel("specific")?;
+//! layer.send("svc.request", Message::new("ping").with("reply_to", reply_to.as_str()))?;
 //! # Ok::<(), channel_layer::Error>(())
 //! ```
 
