@@ -368,7 +368,7 @@ impl Inner {
                 if now >= spin_until || deadline.is_some_and(|d| now >= d) {
                     break 'watch;
                 }
-                if round % 16 == 15 {
+                if round % 4 == 3 {
                     // Let another thread of this CPU run now and then.
                     thread::yield_now();
                 }

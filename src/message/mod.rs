@@ -11,6 +11,7 @@
 //! turns it back.
 
 mod de;
+mod headers;
 mod map;
 mod ser;
 mod value;
@@ -18,6 +19,7 @@ mod value;
 use std::fmt;
 use std::sync::Arc;
 
+pub use headers::{CORRELATION_ID_KEY, FLAGS_KEY, REPLY_CHANNEL_KEY, new_correlation_id};
 pub use map::{IntoIter, Map};
 pub use value::Value;
 

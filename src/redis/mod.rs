@@ -647,7 +647,7 @@ impl Inner {
         if let Ok(m) = self.local.try_receive(channel) {
             return Ok(m);
         }
-        let (_demand, taking) = self.want(channel, via);
+        let (mut demand, taking) = self.want(channel, via);
         if let Some(taking) = taking {
             let count = 1 + self.config.receive_prefetch;
             self.take(via, channel, count, taking).await?;
@@ -660,6 +660,11 @@ impl Inner {
             };
             match waited {
                 Err(ReceiveError::Timeout) => self.after_wait(deadline)?,
+                Ok(message) => {
+                    // Served: a puller still blocked for it is woken without waiting for Redis.
+                    demand.via = Via::Thread;
+                    return Ok(message);
+                }
                 other => return other,
             }
         }
@@ -984,8 +989,9 @@ impl Drop for Taking {
 /// If that leaves nobody here waiting on a key a puller is blocked on, the puller is woken,
 /// or it would take the next message for nobody (and put it back a round trip later, while
 /// other senders would not see it count against the capacity, nor a flush see it). A blocking
-/// receiver waits until Redis has the wake-up, so nothing this thread does next can meet the
-/// stale wait; an async one cannot wait in a destructor and only sends it.
+/// receiver that gave up waits until Redis has the wake-up, so nothing this thread does next
+/// can meet the stale wait; an async one (which cannot wait in a destructor), and one that was
+/// served (and whose puller has usually moved on already), only send it.
 struct DemandGuard<'a> {
     inner: &'a Inner,
     channel: String,
@@ -1000,10 +1006,9 @@ impl Drop for DemandGuard<'_> {
             *n = n.saturating_sub(1);
         }
         let key = non_local_name(&self.channel);
+        // The key stays in `blocking_on` until the puller recomputes its keys: until then no
+        // receiver here takes from it directly, so it has one taker and keeps its order.
         let stale = pull.blocking_on.contains(key) && !inner.needed(&mut pull).contains_key(key);
-        if stale {
-            pull.blocking_on.remove(key);
-        }
         drop(pull);
         if !stale {
             return;
