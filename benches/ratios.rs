@@ -276,6 +276,37 @@ fn rpc_layer(requests: usize) -> (f64, f64) {
     (percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
+/// The round trip through the services toolkit: `Client::request` to a one-thread `Worker`
+/// (fresh reply channel, correlation ID, dispatch by type).
+fn rpc_toolkit(layer: AnyLayer, requests: usize) -> (f64, f64) {
+    use channel_layer::service::{Client, Worker};
+    let worker = Worker::builder(layer.clone())
+        .channel("svc.request")
+        .handle("bench.msg", |_ctx, m| {
+            Ok(Some(
+                Message::new("svc.reply").with("n", m.get("n").cloned()),
+            ))
+        })
+        .start()
+        .expect("worker");
+    let client = Client::new(layer);
+    let mut lat = Vec::with_capacity(requests);
+    for i in 0..requests + 1000 {
+        let t0 = Instant::now();
+        black_box(
+            client
+                .request("svc.request", message(i), Duration::from_secs(10))
+                .expect("reply"),
+        );
+        if i >= 1000 {
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    worker.shutdown(Duration::from_secs(1));
+    lat.sort_by(f64::total_cmp);
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
 fn rpc_crossbeam(requests: usize) -> (f64, f64) {
     let (tx, rx) = cb::bounded::<(Message, Option<cb::Sender<Message>>)>(1024);
     let service = thread::spawn(move || {
@@ -435,6 +466,17 @@ fn main() {
         println!(
             "rpc:         InMemoryLayer p50 {p50:.2} µs p99 {p99:.2} µs | crossbeam p50 {bp50:.2} µs p99 {bp99:.2} µs | p50 ratio {:.2}",
             p50 / bp50
+        );
+        let (mut t50, mut t99) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let (a, b) = rpc_toolkit(AnyLayer::new(layer(1024)), k / 2);
+            t50.push(a);
+            t99.push(b);
+        }
+        println!(
+            "rpc toolkit: Client::request -> Worker p50 {:.2} µs p99 {:.2} µs",
+            median(t50),
+            median(t99)
         );
     }
     if run("memory") {

@@ -166,6 +166,37 @@ fn rpc(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {
     (lat[lat.len() / 2], lat[(lat.len() * 99) / 100])
 }
 
+/// The round trip through the services toolkit: `Client::request` to a one-thread `Worker`.
+fn rpc_toolkit(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {
+    use channel_layer::service::{Client, Worker};
+    let prefix = format!("tk{run}:");
+    let worker = Worker::builder(channel_layer::AnyLayer::new(layer(server, &prefix, 0)))
+        .channel("svc.request")
+        .handle("bench.msg", |_ctx, m| {
+            Ok(Some(
+                Message::new("svc.reply").with("n", m.get("n").cloned()),
+            ))
+        })
+        .start()
+        .expect("worker");
+    let client = Client::new(channel_layer::AnyLayer::new(layer(server, &prefix, 0)));
+    let mut lat = Vec::with_capacity(k);
+    for i in 0..k + 200 {
+        let t = Instant::now();
+        black_box(
+            client
+                .request("svc.request", message(i), Duration::from_secs(10))
+                .expect("reply"),
+        );
+        if i >= 200 {
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    worker.shutdown(Duration::from_secs(1));
+    lat.sort_by(f64::total_cmp);
+    (lat[lat.len() / 2], lat[(lat.len() * 99) / 100])
+}
+
 /// Runs the peers' `bench_channels.py` for channels_redis on `server`; the JSON line it prints.
 fn python(server: &RedisServer, scenario: &str, extra: &[&str]) -> Option<serde_json::Value> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -282,4 +313,10 @@ fn main() {
         ),
         _ => println!("rpc:     p50 {p50:.0} µs p99 {p99:.0} µs"),
     }
+    let runs: Vec<(f64, f64)> = (0..reps).map(|r| rpc_toolkit(&server, k, r)).collect();
+    println!(
+        "rpc toolkit: Client::request -> Worker p50 {:.0} µs p99 {:.0} µs",
+        median(runs.iter().map(|r| r.0).collect()),
+        median(runs.iter().map(|r| r.1).collect())
+    );
 }

@@ -145,6 +145,34 @@
 //! # Ok::<(), channel_layer::Error>(())
 //! ```
 //!
+//! # Services
+//!
+//! [`service`] builds request/response on top: a [`service::Worker`] serves a request channel,
+//! dispatching by `type`; a [`service::Client`] sends a request with a fresh reply channel and
+//! waits for the answer there. Correlation IDs and feature flags follow each request through
+//! every service it touches, and timeouts, full channels, error replies and panics are typed
+//! errors and counters, never hangs.
+//!
+//! ```
+//! use std::time::Duration;
+//! use channel_layer::prelude::*;
+//! use channel_layer::service::{Client, Worker};
+//!
+//! let layer = InMemoryLayer::default();
+//! let worker = Worker::builder(layer.clone())
+//!     .channel("inventory.request")
+//!     .handle("inventory.check", |_ctx, _msg| Ok(Some(Message::new("inventory.ok"))))
+//!     .start()?;
+//! let reply = Client::new(layer).request(
+//!     "inventory.request",
+//!     Message::new("inventory.check").with_correlation_id("order-7"),
+//!     Duration::from_secs(5),
+//! )?;
+//! assert_eq!(reply.correlation_id(), Some("order-7"));
+//! worker.shutdown(Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Choosing the backend at run time
 //!
 //! [`AnyLayer`] wraps any backend behind one type, and [`AnyLayer::from_url`] builds one from a
@@ -191,11 +219,13 @@ mod memory;
 pub mod message;
 pub mod metrics;
 pub mod name;
+pub mod observe;
 mod oneshot;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 pub mod runtime;
+pub mod service;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -5,53 +5,14 @@
 //! its own process with its own in-memory layer, so these tests cover the command line, the
 //! JSON input checks and the errors, not a message travelling between two runs.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 /// The built example, built on first use.
-fn cli_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut features = Vec::new();
-        if cfg!(feature = "testing") {
-            features.push("testing");
-        }
-        if cfg!(feature = "redis") {
-            features.push("redis");
-        }
-        if cfg!(feature = "redis-encryption") {
-            features.push("redis-encryption");
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--example", "cli", "--manifest-path"])
-            .arg(manifest_dir.join("Cargo.toml"));
-        if !features.is_empty() {
-            build.args(["--features", &features.join(",")]);
-        }
-        let output = build.output().expect("cargo runs");
-        assert!(
-            output.status.success(),
-            "cargo build --example cli failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        // A relative CARGO_TARGET_DIR is relative to where cargo runs: the manifest directory.
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| manifest_dir.join("target"), |dir| manifest_dir.join(dir));
-        let binary = target_dir
-            .join("debug")
-            .join("examples")
-            .join(format!("cli{}", std::env::consts::EXE_SUFFIX));
-        assert!(
-            binary.is_file(),
-            "no example binary at {}",
-            binary.display()
-        );
-        binary
-    })
+fn cli_binary() -> PathBuf {
+    support::example::example_binary("cli")
 }
 
 /// What one run of the tool did.

@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod example;
 pub mod python;
 pub mod redis_server;
 
