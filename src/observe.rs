@@ -218,6 +218,20 @@ fn traced<T>(
     }
 }
 
+/// Runs `body`, the handling of `message` received on `channel`, in a `process` span.
+pub(crate) fn processing<T>(channel: &str, message: &Message, body: impl FnOnce() -> T) -> T {
+    traced("process", channel, Some(message), body)
+}
+
+/// Reports a message that was not handled (an error, a panic, no or an unknown type) as a
+/// `tracing` warning, inside the `process` span. Without the `tracing` feature it is counted
+/// only (by the worker).
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn not_handled(problem: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(error.message = problem, "message not handled");
+}
+
 /// Wraps a future in the operation's span.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 fn traced_async<'a, T: 'a>(

@@ -121,16 +121,40 @@ fn operations_run_in_spans_with_the_messaging_attributes() {
         fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
             values.record(&mut self.0.clone());
         }
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            event.record(&mut self.0.clone());
+        }
     }
 
     let fields = Fields::default();
     let subscriber = tracing_subscriber::registry().with(Recorder(fields.clone()));
-    tracing::subscriber::with_default(subscriber, || {
+    // Global, so that the worker's threads report too (this is the only test here that traces).
+    tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+    {
         let layer = Observed::new(InMemoryLayer::default());
         let message = Message::new("order.create").with_correlation_id("c-42");
         layer.send("orders", message).unwrap();
         layer.receive("orders").unwrap();
-    });
+
+        // A worker handles each message in a `process` span and warns about what it could
+        // not handle.
+        use channel_layer::service::{Client, HandlerError, Worker};
+        let layer = AnyLayer::new(InMemoryLayer::default());
+        let worker = Worker::builder(layer.clone())
+            .channel("svc")
+            .handle("svc.fail", |_ctx, _m| Err(HandlerError::new("out of tea")))
+            .start()
+            .unwrap();
+        let err = Client::new(layer)
+            .request(
+                "svc",
+                Message::new("svc.fail").with_correlation_id("c-7"),
+                std::time::Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert!(err.is_service());
+        worker.shutdown(std::time::Duration::from_secs(1));
+    }
     let seen = fields.0.lock().unwrap().clone();
     let has = |k: &str, v: &str| seen.iter().any(|(a, b)| a == k && b == v);
     assert!(has("messaging.destination.name", "orders"), "{seen:?}");
@@ -139,4 +163,7 @@ fn operations_run_in_spans_with_the_messaging_attributes() {
     assert!(has("messaging.message.conversation_id", "c-42"), "{seen:?}");
     assert!(has("messaging.message.type", "order.create"), "{seen:?}");
     assert!(has("messaging.system", "channel_layer"), "{seen:?}");
+    assert!(has("messaging.operation.name", "process"), "{seen:?}");
+    assert!(has("messaging.message.conversation_id", "c-7"), "{seen:?}");
+    assert!(has("error.message", "out of tea"), "{seen:?}");
 }

@@ -478,6 +478,14 @@ impl Runner {
         if message.correlation_id().is_none() {
             message.set_correlation_id(new_correlation_id());
         }
+        let channel = Arc::clone(&self.channel);
+        crate::observe::processing(&channel, &message.clone(), || self.handle(message));
+        bump(&counters.handled);
+    }
+
+    /// Runs the handler for `message` and answers it.
+    fn handle(&self, message: Message) {
+        let counters = &self.shared.counters;
         let outcome = match message.message_type() {
             None => Err(Failure::NoType),
             Some(kind) => match self.handlers.get(kind) {
@@ -507,6 +515,7 @@ impl Runner {
                         format!("handler panicked: {text}")
                     }
                 };
+                crate::observe::not_handled(&text);
                 if message.reply_channel().is_some() {
                     let mut reply = Message::new(ERROR_TYPE).with(ERROR_KEY, text);
                     if let Some(kind) = message.message_type() {
@@ -516,7 +525,6 @@ impl Runner {
                 }
             }
         }
-        bump(&counters.handled);
     }
 
     fn call(&self, handler: &Handler, message: Message) -> Result<Option<Message>, Failure> {
