@@ -4,9 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use support::example::example_binary;
 
@@ -74,19 +72,23 @@ fn runs_all_in_one_on_the_in_memory_default() {
     );
 }
 
-/// A service process; killed on drop.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[cfg(feature = "redis")]
 #[test]
 fn runs_split_one_process_per_service_over_redis() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A service process; killed on drop.
+    struct Service(Child);
+
+    impl Drop for Service {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     let Some(server) = support::redis_server::RedisServer::start() else {
         return;
     };
