@@ -200,11 +200,23 @@
 //! defaults), wrap it in [`AnyLayer`], and run the conformance suite from the `testing`
 //! module (feature `testing`) against it: one macro call runs every case of the contract.
 //!
+//! # Redis
+//!
+//! With the `redis` feature, `redis::RedisLayer` (or `AnyLayer::from_url("redis://...")`)
+//! runs the same code over Redis, on the wire compatible with Python's channels_redis 4.x: a
+//! Rust service and a Django Channels app share one Redis, its channels, process-specific
+//! channels and groups.
+//!
 //! # Feature flags
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | *(none)* | the in-memory backend, the trait, messages, metrics: everything above |
+//! | *(none)* | the in-memory backend, the trait, messages, metrics, the services toolkit: everything above |
+//! | `redis` | the Redis backend, wire compatible with channels_redis 4.x |
+//! | `redis-encryption` | Fernet encryption of Redis message bodies (`symmetric_encryption_keys`) |
+//! | `redis-tls` | `rediss://` with rustls, and private CAs |
+//! | `metrics` | operation latency and counts through the `metrics` facade ([`observe`]) |
+//! | `tracing` | `tracing` spans for operations and handled messages ([`observe`]) |
 //! | `testing` | `channel_layer::testing`, the conformance suite for backends |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
