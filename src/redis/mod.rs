@@ -62,7 +62,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::{Client, Cmd, Value as RedisValue};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use self::codec::{AsgiChannel, Codec};
 pub use self::config::{DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, RedisConfig};
@@ -86,6 +86,9 @@ use crate::runtime::block_on;
 
 /// How long a receive waits on its local buffer before it checks the servers' health.
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
+
+/// The longest `try_receive` waits for a puller to move on from a key it blocks on for nobody.
+const STALE_WAIT: Duration = Duration::from_millis(100);
 
 /// How many messages `try_receive` takes from a process key in one round trip.
 const PROCESS_BATCH: usize = 64;
@@ -117,6 +120,8 @@ struct Inner {
     counters: Counters,
     closed: AtomicBool,
     pull: Mutex<PullSet>,
+    /// Signalled after each pass of a puller over its keys.
+    pulled_keys: Condvar,
     next_server: AtomicUsize,
 }
 
@@ -136,6 +141,8 @@ struct PullSet {
     /// Key names a receiver is taking from directly now; the pullers leave them alone
     /// meanwhile. One taker per key at a time keeps messages in order.
     taking: HashSet<String>,
+    /// Counts the pullers' passes over their keys (each recomputes `blocking_on`).
+    generation: u64,
 }
 
 /// One key a puller takes from, and how many messages at most per round trip.
@@ -222,6 +229,7 @@ impl RedisLayer {
             counters: Counters::default(),
             closed: AtomicBool::new(false),
             pull: Mutex::new(PullSet::default()),
+            pulled_keys: Condvar::new(),
             next_server: AtomicUsize::new(0),
             config,
         });
@@ -563,7 +571,41 @@ impl Inner {
             })
             .collect();
         pull.blocking_on = needed.into_keys().collect();
+        pull.generation += 1;
+        drop(pull);
+        self.pulled_keys.notify_all();
         keys
+    }
+
+    /// Whether a puller is blocked on `channel`'s key for nobody: the receivers it was taking
+    /// for have left, and it has not looked at its keys since. Then the key's next message may
+    /// be in flight back to Redis, and only that puller may take from the key.
+    fn stale_puller(&self, pull: &mut PullSet, channel: &str) -> bool {
+        let key = non_local_name(channel);
+        pull.blocking_on.contains(key) && !self.needed(pull).contains_key(key)
+    }
+
+    /// Waits (at most [`STALE_WAIT`]) for the pullers to move on from a key they block on for
+    /// nobody; they were woken when its last receiver left, so this takes about a round trip.
+    async fn outwait_stale_puller(&self, via: Via, channel: &str) {
+        let limit = Instant::now() + STALE_WAIT;
+        let seen = {
+            let mut pull = self.pull.lock();
+            if !self.stale_puller(&mut pull, channel) {
+                return;
+            }
+            if let Via::Caller = via {
+                let seen = pull.generation;
+                while pull.generation == seen && Instant::now() < limit {
+                    self.pulled_keys.wait_until(&mut pull, limit);
+                }
+                return;
+            }
+            pull.generation
+        };
+        while self.pull.lock().generation == seen && Instant::now() < limit {
+            crate::runtime::sleep(Duration::from_micros(200)).await;
+        }
     }
 
     /// Takes a message a puller got from Redis. If the receiver it was taken for has gone in the
@@ -731,6 +773,13 @@ impl Inner {
             return Err(TryReceiveError::Closed);
         }
         self.check_receive(channel)?;
+        match self.local.try_receive(channel) {
+            Err(TryReceiveError::Empty) => {}
+            other => return other,
+        }
+        // A puller still blocked on the key for a receiver that just left may hold its next
+        // message (on its way back to Redis): let it move on, then look.
+        self.outwait_stale_puller(via, channel).await;
         match self.local.try_receive(channel) {
             Err(TryReceiveError::Empty) => {}
             other => return other,
@@ -1005,10 +1054,9 @@ impl Drop for DemandGuard<'_> {
         if let Some(n) = pull.waiting.get_mut(&self.channel) {
             *n = n.saturating_sub(1);
         }
-        let key = non_local_name(&self.channel);
         // The key stays in `blocking_on` until the puller recomputes its keys: until then no
         // receiver here takes from it directly, so it has one taker and keeps its order.
-        let stale = pull.blocking_on.contains(key) && !inner.needed(&mut pull).contains_key(key);
+        let stale = inner.stale_puller(&mut pull, &self.channel);
         drop(pull);
         if !stale {
             return;
