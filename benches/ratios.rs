@@ -11,6 +11,8 @@
 //! - rpc: a service thread answers on a fresh reply channel per request; p50/p99 round trip;
 //! - memory: bytes per queued small message, and what comes back after they expire.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -18,25 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use channel_layer::prelude::*;
+use common::{median, message, percentile, rpc_by_hand, rpc_toolkit};
 use crossbeam_channel as cb;
-
-const PAYLOAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-
-fn message(n: usize) -> Message {
-    Message::new("bench.msg")
-        .with("n", n as i64)
-        .with("payload", PAYLOAD)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 fn layer(capacity: usize) -> InMemoryLayer {
     InMemoryLayer::new(
@@ -234,79 +219,6 @@ fn fanout_crossbeam(group_sends: usize) -> f64 {
 
 // ===== rpc =====
 
-fn rpc_layer(requests: usize) -> (f64, f64) {
-    let layer = layer(1024);
-    let service = {
-        let layer = layer.clone();
-        thread::spawn(move || {
-            loop {
-                let req = layer.receive("svc.request").expect("request");
-                let Some(reply_to) = req.get("reply_to").and_then(Value::as_str) else {
-                    return;
-                };
-                layer
-                    .send(
-                        reply_to,
-                        Message::new("svc.reply").with("n", req.get("n").cloned()),
-                    )
-                    .expect("reply");
-            }
-        })
-    };
-    let mut lat = Vec::with_capacity(requests);
-    for i in 0..requests + 1000 {
-        let t0 = Instant::now();
-        let reply_to = layer.new_channel("reply").expect("channel");
-        layer
-            .send(
-                "svc.request",
-                message(i).with("reply_to", reply_to.as_str()),
-            )
-            .expect("request");
-        black_box(layer.receive(&reply_to).expect("reply"));
-        if i >= 1000 {
-            lat.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    layer
-        .send("svc.request", Message::new("stop"))
-        .expect("stop");
-    service.join().expect("service");
-    lat.sort_by(f64::total_cmp);
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
-}
-
-/// The round trip through the services toolkit: `Client::request` to a one-thread `Worker`
-/// (fresh reply channel, correlation ID, dispatch by type).
-fn rpc_toolkit(layer: AnyLayer, requests: usize) -> (f64, f64) {
-    use channel_layer::service::{Client, Worker};
-    let worker = Worker::builder(layer.clone())
-        .channel("svc.request")
-        .handle("bench.msg", |_ctx, m| {
-            Ok(Some(
-                Message::new("svc.reply").with("n", m.get("n").cloned()),
-            ))
-        })
-        .start()
-        .expect("worker");
-    let client = Client::new(layer);
-    let mut lat = Vec::with_capacity(requests);
-    for i in 0..requests + 1000 {
-        let t0 = Instant::now();
-        black_box(
-            client
-                .request("svc.request", message(i), Duration::from_secs(10))
-                .expect("reply"),
-        );
-        if i >= 1000 {
-            lat.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    worker.shutdown(Duration::from_secs(1));
-    lat.sort_by(f64::total_cmp);
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
-}
-
 fn rpc_crossbeam(requests: usize) -> (f64, f64) {
     let (tx, rx) = cb::bounded::<(Message, Option<cb::Sender<Message>>)>(1024);
     let service = thread::spawn(move || {
@@ -455,7 +367,8 @@ fn main() {
         let (mut p50, mut p99, mut bp50, mut bp99) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
-            let (a, b) = rpc_layer(k);
+            let l = layer(1024);
+            let (a, b) = rpc_by_hand(l.clone(), l, k, 1000);
             p50.push(a);
             p99.push(b);
             let (a, b) = rpc_crossbeam(k);
@@ -469,7 +382,8 @@ fn main() {
         );
         let (mut t50, mut t99) = (Vec::new(), Vec::new());
         for _ in 0..reps {
-            let (a, b) = rpc_toolkit(AnyLayer::new(layer(1024)), k / 2);
+            let l = AnyLayer::new(layer(1024));
+            let (a, b) = rpc_toolkit(l.clone(), l, k / 2, 1000);
             t50.push(a);
             t99.push(b);
         }

@@ -13,6 +13,7 @@
 //! - rpc: a service answers on a fresh reply channel per request; p50 and p99 round trip;
 //! - and `redis-benchmark -P 16` ZADD, the server's own pipelined rate.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -23,22 +24,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use channel_layer::redis::{RedisConfig, RedisLayer};
-use channel_layer::{ChannelLayer, ChannelLayerExt, Message, Value};
+use channel_layer::{AnyLayer, ChannelLayer, ChannelLayerExt};
+use common::{median, message, rpc_by_hand, rpc_toolkit};
 use support::redis_server::RedisServer;
 
-const PAYLOAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 const MEMBERS: usize = 100;
-
-fn message(n: usize) -> Message {
-    Message::new("bench.msg")
-        .with("n", n as i64)
-        .with("payload", PAYLOAD)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// The median of what was measured, if anything was.
 fn median_of(v: Vec<f64>) -> Option<f64> {
@@ -123,78 +113,14 @@ fn fanout(server: &RedisServer, groups: usize, run: usize) -> f64 {
 
 fn rpc(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {
     let prefix = format!("rpc{run}:");
-    let client = layer(server, &prefix, 0);
-    let service_layer = layer(server, &prefix, 0);
-    let service = thread::spawn(move || {
-        loop {
-            let req = service_layer.receive("svc.request").expect("request");
-            let Some(reply_to) = req.get("reply_to").and_then(Value::as_str) else {
-                return;
-            };
-            service_layer
-                .send(
-                    reply_to,
-                    Message::new("svc.reply").with("n", req.get("n").cloned()),
-                )
-                .expect("reply");
-        }
-    });
-    let mut lat = Vec::with_capacity(k);
-    for i in 0..k + 200 {
-        let t = Instant::now();
-        let reply_to = client.new_channel("reply").expect("name");
-        client
-            .send(
-                "svc.request",
-                message(i).with("reply_to", reply_to.as_str()),
-            )
-            .expect("request");
-        black_box(
-            client
-                .receive_timeout(&reply_to, Duration::from_secs(10))
-                .expect("reply"),
-        );
-        if i >= 200 {
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    client
-        .send("svc.request", Message::new("stop"))
-        .expect("stop");
-    service.join().expect("service");
-    lat.sort_by(f64::total_cmp);
-    (lat[lat.len() / 2], lat[(lat.len() * 99) / 100])
+    rpc_by_hand(layer(server, &prefix, 0), layer(server, &prefix, 0), k, 200)
 }
 
-/// The round trip through the services toolkit: `Client::request` to a one-thread `Worker`.
-fn rpc_toolkit(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {
-    use channel_layer::service::{Client, Worker};
+/// The round trip through the services toolkit, service and client in separate layers.
+fn toolkit(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {
     let prefix = format!("tk{run}:");
-    let worker = Worker::builder(channel_layer::AnyLayer::new(layer(server, &prefix, 0)))
-        .channel("svc.request")
-        .handle("bench.msg", |_ctx, m| {
-            Ok(Some(
-                Message::new("svc.reply").with("n", m.get("n").cloned()),
-            ))
-        })
-        .start()
-        .expect("worker");
-    let client = Client::new(channel_layer::AnyLayer::new(layer(server, &prefix, 0)));
-    let mut lat = Vec::with_capacity(k);
-    for i in 0..k + 200 {
-        let t = Instant::now();
-        black_box(
-            client
-                .request("svc.request", message(i), Duration::from_secs(10))
-                .expect("reply"),
-        );
-        if i >= 200 {
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    worker.shutdown(Duration::from_secs(1));
-    lat.sort_by(f64::total_cmp);
-    (lat[lat.len() / 2], lat[(lat.len() * 99) / 100])
+    let service = AnyLayer::new(layer(server, &prefix, 0));
+    rpc_toolkit(service, AnyLayer::new(layer(server, &prefix, 0)), k, 200)
 }
 
 /// Runs the peers' `bench_channels.py` for channels_redis on `server`; the JSON line it prints.
@@ -313,7 +239,7 @@ fn main() {
         ),
         _ => println!("rpc:     p50 {p50:.0} µs p99 {p99:.0} µs"),
     }
-    let runs: Vec<(f64, f64)> = (0..reps).map(|r| rpc_toolkit(&server, k, r)).collect();
+    let runs: Vec<(f64, f64)> = (0..reps).map(|r| toolkit(&server, k, r)).collect();
     println!(
         "rpc toolkit: Client::request -> Worker p50 {:.0} µs p99 {:.0} µs",
         median(runs.iter().map(|r| r.0).collect()),

@@ -628,35 +628,36 @@ impl Client {
         found == 0 && entry.until > now
     }
 
+    /// Takes what arrived on the abandoned reply channels due for a look, and counts it.
     fn sweep(&self, force: bool) {
-        let Some(taken) = self.take_for_sweep(force) else {
-            return;
-        };
-        let now = Instant::now();
-        let mut kept = VecDeque::with_capacity(taken.len());
-        for entry in taken {
-            let mut found = 0;
-            while self.layer.try_receive(&entry.channel).is_ok() {
-                found += 1;
-            }
-            if self.after_sweep(&entry, found, now) {
-                kept.push_back(entry);
-            }
-        }
-        self.restore(kept);
+        crate::runtime::block_on(self.sweep_with(force, true));
     }
 
+    /// As [`Client::sweep`], with the layer's async methods.
     async fn sweep_async(&self, force: bool) {
+        self.sweep_with(force, false).await;
+    }
+
+    /// The sweep, with the layer's blocking methods (the future then never waits) or its
+    /// async ones. If an async sweep is dropped midway, the channels not yet swept are
+    /// forgotten; a late reply on them expires in the layer, which counts it.
+    async fn sweep_with(&self, force: bool, blocking: bool) {
         let Some(taken) = self.take_for_sweep(force) else {
             return;
         };
-        // If this future is dropped mid-sweep, the channels not yet swept are forgotten; a
-        // late reply on them expires in the layer, which counts it.
         let now = Instant::now();
         let mut kept = VecDeque::with_capacity(taken.len());
         for entry in taken {
             let mut found = 0;
-            while self.layer.try_receive_async(&entry.channel).await.is_ok() {
+            loop {
+                let got = if blocking {
+                    self.layer.try_receive(&entry.channel)
+                } else {
+                    self.layer.try_receive_async(&entry.channel).await
+                };
+                if got.is_err() {
+                    break;
+                }
                 found += 1;
             }
             if self.after_sweep(&entry, found, now) {

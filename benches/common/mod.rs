@@ -1,0 +1,117 @@
+//! What the bench binaries share: the peers' message, medians, and the two request/response
+//! round trips (by hand over reply channels, and through the services toolkit), timed the
+//! same way on every backend.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::hint::black_box;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use channel_layer::service::{Client, Worker};
+use channel_layer::{AnyLayer, ChannelLayer, ChannelLayerExt, Message, Value};
+
+/// The peers' 64-byte payload.
+pub const PAYLOAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// The peers' message: `{type, n, payload}`.
+pub fn message(n: usize) -> Message {
+    Message::new("bench.msg")
+        .with("n", n as i64)
+        .with("payload", PAYLOAD)
+}
+
+/// The median (the upper one for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The `p` quantile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Times `requests` round trips after `warmup` more, in microseconds: p50 and p99.
+fn time_round_trips(
+    requests: usize,
+    warmup: usize,
+    mut round_trip: impl FnMut(usize),
+) -> (f64, f64) {
+    let mut lat = Vec::with_capacity(requests);
+    for i in 0..requests + warmup {
+        let t = Instant::now();
+        round_trip(i);
+        if i >= warmup {
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// The round trip by hand, as the peers' script does it: a service thread receives on
+/// `svc.request` and answers on the `reply_channel` of each request; the client mints a fresh
+/// reply channel per request and waits there.
+pub fn rpc_by_hand<L>(service: L, client: L, requests: usize, warmup: usize) -> (f64, f64)
+where
+    L: ChannelLayer + Send + 'static,
+{
+    let server = thread::spawn(move || {
+        loop {
+            let req = service.receive("svc.request").expect("request");
+            let Some(reply_to) = req.reply_channel() else {
+                return;
+            };
+            let reply =
+                Message::new("svc.reply").with("n", req.get("n").cloned().unwrap_or(Value::Null));
+            service.send(reply_to, reply).expect("reply");
+        }
+    });
+    let times = time_round_trips(requests, warmup, |i| {
+        let reply_to = client.new_channel("reply").expect("channel");
+        client
+            .send("svc.request", message(i).with_reply_channel(&reply_to))
+            .expect("request");
+        black_box(
+            client
+                .receive_timeout(&reply_to, Duration::from_secs(10))
+                .expect("reply"),
+        );
+    });
+    client
+        .send("svc.request", Message::new("stop"))
+        .expect("stop");
+    server.join().expect("service");
+    times
+}
+
+/// The round trip through the services toolkit: `Client::request` to a one-thread `Worker`
+/// (fresh reply channel, correlation ID, dispatch by type).
+pub fn rpc_toolkit(
+    service: AnyLayer,
+    client: AnyLayer,
+    requests: usize,
+    warmup: usize,
+) -> (f64, f64) {
+    let worker = Worker::builder(service)
+        .channel("svc.request")
+        .handle("bench.msg", |_ctx, m| {
+            Ok(Some(
+                Message::new("svc.reply").with("n", m.get("n").cloned().unwrap_or(Value::Null)),
+            ))
+        })
+        .start()
+        .expect("worker");
+    let client = Client::new(client);
+    let times = time_round_trips(requests, warmup, |i| {
+        black_box(
+            client
+                .request("svc.request", message(i), Duration::from_secs(10))
+                .expect("reply"),
+        );
+    });
+    worker.shutdown(Duration::from_secs(1));
+    times
+}
