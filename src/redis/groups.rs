@@ -1,0 +1,210 @@
+//! Groups and flush: membership changes, the two round trips of a `group_send`, and a flush
+//! that counts the messages it drops.
+
+use super::*;
+
+/// The bundled copies of one `group_send` bound for one server: a key, a member and a capacity
+/// per non-local name, and how many group members each stands for.
+#[derive(Default)]
+pub(super) struct Bundles {
+    keys: Vec<String>,
+    members: Vec<Vec<u8>>,
+    capacities: Vec<usize>,
+    sizes: Vec<usize>,
+}
+
+impl Inner {
+    pub(super) fn group_add_cmds(
+        &self,
+        group: &str,
+        channel: &str,
+    ) -> Result<(usize, Vec<Cmd>), LayerError> {
+        self.check_open()?;
+        validate_group(group)?;
+        validate_channel(channel)?;
+        let key = self.group_key(group);
+        let mut zadd = ::redis::cmd("ZADD");
+        zadd.arg(&key).arg(wall_clock()).arg(channel);
+        let mut expire = ::redis::cmd("EXPIRE");
+        expire
+            .arg(&key)
+            .arg(self.layer_config().group_expiry.as_secs().max(1));
+        Ok((self.server_for(group), vec![zadd, expire]))
+    }
+
+    pub(super) fn group_discard_cmds(
+        &self,
+        group: &str,
+        channel: &str,
+    ) -> Result<(usize, Vec<Cmd>), LayerError> {
+        self.check_open()?;
+        validate_group(group)?;
+        validate_channel(channel)?;
+        let mut zrem = ::redis::cmd("ZREM");
+        zrem.arg(self.group_key(group)).arg(channel);
+        Ok((self.server_for(group), vec![zrem]))
+    }
+
+    pub(super) fn check_open(&self) -> Result<(), LayerError> {
+        if self.is_closed() {
+            Err(LayerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn members_command(&self, group: &str) -> Result<(usize, Cmd), LayerError> {
+        self.check_open()?;
+        validate_group(group)?;
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(&scripts().group_members.sha)
+            .arg(1)
+            .arg(self.group_key(group))
+            .arg(wall_clock() - self.layer_config().group_expiry.as_secs_f64());
+        Ok((self.server_for(group), cmd))
+    }
+
+    /// One bundled copy of the message per channel key, per server (spec §3.7), as commands.
+    pub(super) fn group_deliveries(
+        &self,
+        message: &Message,
+        members: &[String],
+    ) -> Result<BTreeMap<usize, (Cmd, Vec<usize>)>, MessageError> {
+        let mut buckets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for name in members {
+            if validate_channel(name).is_ok() {
+                buckets.entry(non_local_name(name)).or_default().push(name);
+            }
+        }
+        let now = wall_clock();
+        let mut per_server: BTreeMap<usize, Bundles> = BTreeMap::new();
+        for (non_local, names) in &buckets {
+            let bundles = per_server.entry(self.server_for(non_local)).or_default();
+            let member = self
+                .codec
+                .pack(message, AsgiChannel::Many(names))
+                .map_err(|e| MessageError::Encode(e.to_string()))?;
+            bundles.keys.push(self.key(non_local));
+            bundles.members.push(member);
+            bundles
+                .capacities
+                .push(self.layer_config().capacity_for(names[0]));
+            bundles.sizes.push(names.len());
+        }
+        Ok(per_server
+            .into_iter()
+            .map(|(server, b)| {
+                let mut cmd = ::redis::cmd("EVALSHA");
+                cmd.arg(&scripts().group_deliver.sha).arg(b.keys.len());
+                for key in &b.keys {
+                    cmd.arg(key);
+                }
+                cmd.arg(now)
+                    .arg(now - self.expiry_secs())
+                    .arg(self.ttl_millis());
+                for (member, capacity) in b.members.iter().zip(&b.capacities) {
+                    cmd.arg(member.as_slice()).arg(*capacity);
+                }
+                (server, (cmd, b.sizes))
+            })
+            .collect())
+    }
+
+    pub(super) fn count_group_send(&self, report: &GroupSendReport) {
+        Counters::add(&self.counters.group_sends, 1);
+        Counters::add(&self.counters.group_deliveries, report.delivered as u64);
+        Counters::add(
+            &self.counters.group_skipped_full,
+            report.skipped_full as u64,
+        );
+    }
+
+    pub(super) async fn group_send(
+        &self,
+        via: Via,
+        group: &str,
+        message: Message,
+    ) -> Result<GroupSendReport, LayerError> {
+        message.check_reserved()?;
+        let (server, cmd) = self.members_command(group)?;
+        let members = member_names(one_value(
+            self.exec(via, server, vec![cmd]).await?,
+            "group members",
+        )?);
+        let mut report = GroupSendReport::default();
+        for (server, (cmd, sizes)) in self.group_deliveries(&message, &members)? {
+            let reply = self.exec(via, server, vec![cmd]).await?;
+            let expired = tally(&mut report, one_value(reply, "group send")?, &sizes);
+            Counters::add(&self.counters.expired, expired);
+        }
+        self.count_group_send(&report);
+        Ok(report)
+    }
+
+    /// Runs a membership change built by `group_add_cmds` or `group_discard_cmds`.
+    pub(super) async fn group_change(
+        &self,
+        via: Via,
+        change: Result<(usize, Vec<Cmd>), LayerError>,
+    ) -> Result<(), LayerError> {
+        let (server, cmds) = change?;
+        all_ok(self.exec(via, server, cmds).await?)?;
+        Ok(())
+    }
+
+    // ===== flush =====
+
+    pub(super) async fn flush(&self, via: Via) -> Result<(), LayerError> {
+        self.check_open()?;
+        let pattern = format!("{}*", self.config.prefix);
+        let group_prefix = self.group_key("");
+        let mut dropped = 0u64;
+        for server in 0..self.servers.len() {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = ::redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let reply = one_value(self.exec(via, server, vec![scan]).await?, "scan")?;
+                let (next, keys) = scanned(reply)?;
+                if !keys.is_empty() {
+                    let mut flush = ::redis::cmd("EVALSHA");
+                    flush.arg(&scripts().flush.sha).arg(keys.len());
+                    for key in &keys {
+                        flush.arg(key.as_slice());
+                    }
+                    flush.arg(&group_prefix).arg("__wake__:");
+                    let counted = ints(
+                        one_value(self.exec(via, server, vec![flush]).await?, "flush")?,
+                        "flush",
+                    )?;
+                    dropped += counted
+                        .first()
+                        .map_or(0, |&n| u64::try_from(n).unwrap_or(0));
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Counters::add(&self.counters.flushed, dropped);
+        self.local.flush()?;
+        Ok(())
+    }
+
+    pub(super) fn metrics(&self) -> MetricsSnapshot {
+        let mut snap = self.counters.snapshot();
+        let local = self.local.metrics();
+        snap.received = local.received;
+        snap.expired += local.expired;
+        snap.flushed += local.flushed;
+        snap.overflowed += local.rejected_full;
+        snap.queued_messages = local.queued_messages;
+        snap.channels = local.channels;
+        snap
+    }
+}
