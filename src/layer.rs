@@ -177,12 +177,22 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Message, ReceiveError>>;
 
     /// Takes the next message on a channel if one is there, without waiting for one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is handed over only in the poll that returns it (a network
+    /// backend delivers what it fetched to the layer's own buffers, not to the future).
     fn try_receive_async<'a>(
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Message, TryReceiveError>>;
 
     /// Adds a channel to a group, or refreshes its membership (see [`ChannelLayer::group_add`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the membership changed; adding again is
+    /// harmless.
     fn group_add_async<'a>(
         &'a self,
         group: &'a str,
@@ -190,6 +200,11 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), LayerError>>;
 
     /// Removes a channel from a group (see [`ChannelLayer::group_discard`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the membership removed; removing again is
+    /// harmless.
     fn group_discard_async<'a>(
         &'a self,
         group: &'a str,
@@ -197,6 +212,11 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), LayerError>>;
 
     /// Sends a message to every member of a group (see [`ChannelLayer::group_send`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the message delivered to some, all or none of the
+    /// members; it is never delivered twice to one.
     fn group_send_async<'a>(
         &'a self,
         group: &'a str,
@@ -204,6 +224,10 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<GroupSendReport, LayerError>>;
 
     /// Empties the layer (see [`ChannelLayer::flush`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the layer partly flushed.
     fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>>;
 
     /// Closes this layer object: every later call fails with a `Closed` error and blocked
