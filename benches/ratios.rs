@@ -139,7 +139,7 @@ const MEMBERS: usize = 100;
 
 fn fanout_layer(group_sends: usize, process_specific: bool) -> f64 {
     // All members share the non-local part `member.<process>!`, whose capacity bounds them
-    // together (spec §1.3): set it above the run's size, as the peers' scripts do.
+    // together (contract §1.3): set it above the run's size, as the peers' scripts do.
     let layer = layer(group_sends * MEMBERS + 1);
     let channels: Vec<String> = (0..MEMBERS)
         .map(|i| {

@@ -1,6 +1,6 @@
 //! Channel and group name validation.
 //!
-//! The rules follow the channel layer specification (spec sheet §1.3): a name is made of ASCII
+//! The rules follow the channel layer specification ([contract §1.3](crate::contract)): a name is made of ASCII
 //! letters, digits, `-`, `_` and `.`; a channel name may contain one `!`, which splits it into a
 //! *non-local* part (the process it belongs to) and a *local* part; a group name never contains
 //! `!`; every name is shorter than [`MAX_NAME_LENGTH`] bytes.
@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-/// Names must be strictly shorter than this many bytes (spec sheet §1.3: `len(name) < 100`).
+/// Names must be strictly shorter than this many bytes ([contract §1.3](crate::contract): `len(name) < 100`).
 pub const MAX_NAME_LENGTH: usize = 100;
 
 /// What kind of name a [`NameError`] is about.
@@ -235,7 +235,7 @@ pub fn validate_prefix(prefix: &str, extra: usize) -> Result<(), NameError> {
 }
 
 /// The non-local part of a channel name: up to and including the first `!`, or the whole name
-/// when it has none (spec sheet §1.3, `non_local_name`).
+/// when it has none ([contract §1.3](crate::contract), `non_local_name`).
 ///
 /// ```
 /// use channel_layer::name::non_local_name;

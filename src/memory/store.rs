@@ -4,7 +4,7 @@
 //! mutex, so operations on different channels rarely contend (a producer filling one member of
 //! a group and a consumer draining another do not meet). The channels of one process-specific
 //! prefix (`specific.abc!*`) share a [`ProcessCount`]: the number of messages queued under that
-//! non-local part, which is what its capacity bounds (spec sheet §1.3).
+//! non-local part, which is what its capacity bounds ([contract §1.3](crate::contract)).
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;

@@ -1,6 +1,6 @@
 //! Messages: ASGI-shaped maps with string keys, and the dynamic [`Value`] they hold.
 //!
-//! A message is what the channel layer specification allows (spec sheet §1.4): a map with string
+//! A message is what the channel layer specification allows ([contract §1.4](crate::contract)): a map with string
 //! keys whose values are null, booleans, signed 64-bit integers, 64-bit floats, UTF-8 strings,
 //! byte strings (distinct from strings), lists and maps with string keys. Because [`Value`] can
 //! hold nothing else, every message the in-memory layer accepts can also cross a network
@@ -24,7 +24,7 @@ pub use map::{IntoIter, Map};
 pub use value::Value;
 
 /// The reserved key channels_redis uses to demultiplex process-specific channels
-/// (spec sheet §1.4 and §3.3). A user message must not carry it.
+/// ([contract §1.4](crate::contract) and §3.3). A user message must not carry it.
 pub const RESERVED_KEY: &str = "__asgi_channel__";
 
 /// The key naming a message's type, by which consumers dispatch (`chat.message`).

@@ -3,7 +3,7 @@
 use super::Map;
 
 /// One value inside a message: exactly the types the channel layer specification allows
-/// (spec sheet §1.4), with byte strings kept distinct from text.
+/// ([contract §1.4](crate::contract)), with byte strings kept distinct from text.
 ///
 /// `From` conversions exist for the usual Rust types, so `Message::with("n", 3)` and
 /// `Value::from("text")` read naturally. Unsigned integers convert only through

@@ -1,5 +1,5 @@
 //! Encryption of stored messages, compatible with channels_redis's `symmetric_encryption_keys`
-//! (spec sheet §3.6).
+//! ([contract §3.6](crate::contract)).
 //!
 //! Each configured key, of any length, is hashed with SHA-256; the 32-byte digest, encoded as
 //! URL-safe base64, is a Fernet key (its first half signs with HMAC-SHA256, its second half

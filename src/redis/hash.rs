@@ -1,4 +1,4 @@
-//! Shard choice: the consistent hash channels_redis uses to pick a host (spec sheet §3.8).
+//! Shard choice: the consistent hash channels_redis uses to pick a host ([contract §3.8](crate::contract)).
 
 /// The index of the shard, out of `ring_size`, that channels_redis assigns to `name`.
 ///

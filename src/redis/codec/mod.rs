@@ -1,4 +1,4 @@
-//! The stored form of a message: msgpack as Python's channels_redis writes it (spec sheet §3.6).
+//! The stored form of a message: msgpack as Python's channels_redis writes it ([contract §3.6](crate::contract)).
 //!
 //! A sorted-set member is `random_prefix_length` random bytes (so that equal messages stay
 //! distinct members), then the message as msgpack, encrypted first when keys are configured.
@@ -44,7 +44,7 @@ const INDEX_FROM: usize = 16;
 
 // ===== AsgiChannel =====
 
-/// The `__asgi_channel__` entry to add to a message when storing it (spec sheet §3.3, §3.7).
+/// The `__asgi_channel__` entry to add to a message when storing it ([contract §3.3](crate::contract), §3.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AsgiChannel<'a> {
     /// None: a send to a normal channel.
