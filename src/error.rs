@@ -25,6 +25,12 @@ pub enum BackendErrorKind {
     Protocol,
     /// The backend refused the operation (permissions, configuration, ...).
     Refused,
+    /// The server is up but cannot serve now (loading its data after a restart, failing over,
+    /// busy with a script); it will pass.
+    Unavailable,
+    /// A key the operation needs holds data of another type (say, another program's key under
+    /// the layer's prefix). Only operations on that channel or group fail.
+    WrongType,
     /// Anything else.
     Other,
 }
@@ -36,6 +42,8 @@ impl fmt::Display for BackendErrorKind {
             BackendErrorKind::Timeout => "timed out",
             BackendErrorKind::Protocol => "protocol error",
             BackendErrorKind::Refused => "refused",
+            BackendErrorKind::WrongType => "wrong key type",
+            BackendErrorKind::Unavailable => "server unavailable",
             BackendErrorKind::Other => "error",
         })
     }
@@ -49,6 +57,8 @@ pub struct BackendError {
     context: String,
     #[source]
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// Whether the request may have reached the backend (and so may have taken effect).
+    maybe_applied: bool,
 }
 
 impl BackendError {
@@ -58,7 +68,23 @@ impl BackendError {
             kind,
             context: context.into(),
             source: None,
+            maybe_applied: true,
         }
+    }
+
+    /// The same error with `prefix` before its description.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn context_prefix(mut self, prefix: &str) -> Self {
+        self.context = format!("{prefix}: {}", self.context);
+        self
+    }
+
+    /// Marks the error as one whose request provably never reached the backend, so retrying
+    /// it cannot apply it twice.
+    #[must_use]
+    pub fn unsent(mut self) -> Self {
+        self.maybe_applied = false;
+        self
     }
 
     /// Attaches the underlying cause.
@@ -73,12 +99,25 @@ impl BackendError {
         self.kind
     }
 
-    /// Whether retrying later may succeed (connection loss and timeouts).
+    /// Whether retrying later may succeed: the connection was lost or the backend did not
+    /// answer in time. A refusal, a protocol error or a key of the wrong type will fail again.
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
-            BackendErrorKind::Connection | BackendErrorKind::Timeout
+            BackendErrorKind::Connection
+                | BackendErrorKind::Timeout
+                | BackendErrorKind::Unavailable
         )
+    }
+
+    /// Whether the request may have reached the backend and taken effect although its answer
+    /// was lost. `false` only when the backend proved it never sent the request (the
+    /// connection failed before the request was written), so a retry cannot apply it twice.
+    ///
+    /// Delivery is at most once: a send that failed with `may_have_applied() == true` may
+    /// have been stored and may still be received, and retrying it may deliver it twice.
+    pub fn may_have_applied(&self) -> bool {
+        self.maybe_applied
     }
 }
 
@@ -154,6 +193,37 @@ impl SendError {
     pub fn is_closed(&self) -> bool {
         matches!(self, SendError::Closed { .. })
     }
+
+    /// Whether sending again later may succeed: the backend lost its connection or did not
+    /// answer in time ([`BackendError::is_transient`]). A full channel is not transient in this
+    /// sense (it is the producer's signal to slow down), nor is a bad name or message.
+    ///
+    /// Whether a retry is *safe* is [`BackendError::may_have_applied`]: when `true`, the
+    /// message may have been stored although the reply was lost, and sending it again may
+    /// deliver it twice.
+    ///
+    /// ```
+    /// use channel_layer::SendError;
+    ///
+    /// fn should_retry(e: &SendError) -> bool {
+    ///     match e {
+    ///         SendError::Backend { error, .. } => e.is_transient() && !error.may_have_applied(),
+    ///         _ => false,
+    ///     }
+    /// }
+    /// # let _ = should_retry;
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SendError::Backend { error, .. } if error.is_transient())
+    }
+
+    /// The backend's failure, if this is [`SendError::Backend`].
+    pub fn backend_error(&self) -> Option<&BackendError> {
+        match self {
+            SendError::Backend { error, .. } => Some(error),
+            _ => None,
+        }
+    }
 }
 
 // ===== ReceiveError =====
@@ -186,6 +256,12 @@ impl ReceiveError {
     pub fn is_closed(&self) -> bool {
         matches!(self, ReceiveError::Closed)
     }
+
+    /// Whether receiving again later may succeed ([`BackendError::is_transient`]). Receives
+    /// change nothing on the backend, so retrying one is always safe.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReceiveError::Backend(e) if e.is_transient())
+    }
 }
 
 /// `try_receive` found nothing or failed.
@@ -211,6 +287,11 @@ impl TryReceiveError {
     pub fn is_empty(&self) -> bool {
         matches!(self, TryReceiveError::Empty)
     }
+
+    /// Whether trying again later may succeed ([`BackendError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TryReceiveError::Backend(e) if e.is_transient())
+    }
 }
 
 // ===== LayerError =====
@@ -234,6 +315,16 @@ pub enum LayerError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+impl LayerError {
+    /// Whether the operation may succeed if tried again later ([`BackendError::is_transient`]).
+    /// Group changes are idempotent (adding twice refreshes the membership), so retrying them
+    /// is safe; a `group_send` whose reply was lost ([`BackendError::may_have_applied`]) may
+    /// have delivered, and retrying it may deliver twice.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LayerError::Backend(e) if e.is_transient())
+    }
 }
 
 // ===== BuildError =====

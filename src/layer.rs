@@ -19,7 +19,7 @@ pub const DEFAULT_CHANNEL_PREFIX: &str = "specific";
 
 /// What a backend supports, so that applications (and the conformance suite) can check at
 /// start-up instead of failing later. The channel layer specification calls these
-/// `extensions` (spec sheet §1.2).
+/// `extensions` ([contract §1.2](crate::contract)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Capabilities {
@@ -89,7 +89,7 @@ impl Capabilities {
 
 /// What a `group_send` did: how many members got the message and how many were skipped
 /// because their channel was full. A `group_send` never fails because a member is full
-/// (spec sheet §1.2); skips are reported here and counted in the layer's metrics.
+/// ([contract §1.2](crate::contract)); skips are reported here and counted in the layer's metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct GroupSendReport {
@@ -97,6 +97,10 @@ pub struct GroupSendReport {
     pub delivered: usize,
     /// Members whose channel was full.
     pub skipped_full: usize,
+    /// Members whose channel could not take the message for another reason (a network
+    /// backend's key for it holds data of another type, say); counted in
+    /// [`MetricsSnapshot::group_skipped_failed`](crate::MetricsSnapshot::group_skipped_failed).
+    pub skipped_failed: usize,
 }
 
 impl GroupSendReport {
@@ -105,6 +109,7 @@ impl GroupSendReport {
         GroupSendReport {
             delivered,
             skipped_full,
+            skipped_failed: 0,
         }
     }
 }

@@ -199,6 +199,7 @@
 //! Implement [`ChannelLayer`] (the async methods are required; the blocking ones have
 //! defaults), wrap it in [`AnyLayer`], and run the conformance suite from the `testing`
 //! module (feature `testing`) against it: one macro call runs every case of the contract.
+//! The contract itself, and the Redis wire format, are written out in [`contract`].
 //!
 //! # Redis
 //!
@@ -225,6 +226,8 @@
 
 mod any;
 mod config;
+#[doc = include_str!("../docs/contract.md")]
+pub mod contract {}
 mod error;
 mod layer;
 mod memory;
@@ -232,7 +235,6 @@ pub mod message;
 pub mod metrics;
 pub mod name;
 pub mod observe;
-mod oneshot;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -30,11 +30,25 @@ pub struct MetricsSnapshot {
     pub group_deliveries: u64,
     /// Members `group_send` skipped because their channel was full.
     pub group_skipped_full: u64,
+    /// Members `group_send` skipped because their channel could not take the message for
+    /// another reason (a network backend's key for it holds data of another type).
+    pub group_skipped_failed: u64,
     /// Messages a network backend read but could not decode, and dropped.
     pub undecodable: u64,
     /// Messages a network backend took from its server but dropped because the local buffer of
     /// their channel was full (nobody here was receiving them fast enough).
     pub overflowed: u64,
+    /// Messages a network backend may have lost in flight, counted at most: a take from its
+    /// server whose reply never came (the server died, or cut the connection, with the take
+    /// outstanding) counts as many messages as it asked for, although it may have found fewer
+    /// or none; a message taken for a receiver that left, whose return to the server failed,
+    /// counts one. Delivery is at most once: none of them is ever delivered twice.
+    pub lost: u64,
+    /// Failures talking to a network backend's server (lost connections, timeouts, refused
+    /// commands), whether a caller saw them or a background thread retried.
+    pub backend_errors: u64,
+    /// Connections a network backend made again after one was lost or could not be made.
+    pub reconnects: u64,
     /// Messages queued now.
     pub queued_messages: u64,
     /// Channels holding messages or waiting receivers now.
@@ -63,10 +77,18 @@ pub struct Counters {
     pub group_deliveries: AtomicU64,
     /// See [`MetricsSnapshot::group_skipped_full`].
     pub group_skipped_full: AtomicU64,
+    /// See [`MetricsSnapshot::group_skipped_failed`].
+    pub group_skipped_failed: AtomicU64,
     /// See [`MetricsSnapshot::undecodable`].
     pub undecodable: AtomicU64,
     /// See [`MetricsSnapshot::overflowed`].
     pub overflowed: AtomicU64,
+    /// See [`MetricsSnapshot::lost`].
+    pub lost: AtomicU64,
+    /// See [`MetricsSnapshot::backend_errors`].
+    pub backend_errors: AtomicU64,
+    /// See [`MetricsSnapshot::reconnects`].
+    pub reconnects: AtomicU64,
 }
 
 impl Counters {
@@ -87,8 +109,12 @@ impl Counters {
             group_sends: get(&self.group_sends),
             group_deliveries: get(&self.group_deliveries),
             group_skipped_full: get(&self.group_skipped_full),
+            group_skipped_failed: get(&self.group_skipped_failed),
             undecodable: get(&self.undecodable),
             overflowed: get(&self.overflowed),
+            lost: get(&self.lost),
+            backend_errors: get(&self.backend_errors),
+            reconnects: get(&self.reconnects),
             ..MetricsSnapshot::default()
         }
     }

@@ -89,6 +89,10 @@ fn export(m: &MetricsSnapshot) {
         ("channel_layer.group_skipped_full", m.group_skipped_full),
         ("channel_layer.undecodable", m.undecodable),
         ("channel_layer.overflowed", m.overflowed),
+        ("channel_layer.group_skipped_failed", m.group_skipped_failed),
+        ("channel_layer.lost", m.lost),
+        ("channel_layer.backend_errors", m.backend_errors),
+        ("channel_layer.reconnects", m.reconnects),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value);

@@ -74,18 +74,31 @@ fn an_unreachable_server_fails_fast_with_a_typed_error() {
         matches!(err, channel_layer::SendError::Backend { .. }),
         "{err:?}"
     );
-    let err = layer
-        .receive_timeout("a", Duration::from_secs(5))
-        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
     assert!(
-        matches!(err, channel_layer::ReceiveError::Backend(_)),
-        "{err:?}"
+        !err.backend_error().unwrap().may_have_applied(),
+        "a refused connection never reached the server: {err:?}"
     );
     assert!(
-        start.elapsed() < Duration::from_secs(4),
+        start.elapsed() < Duration::from_secs(2),
         "took {:?}",
         start.elapsed()
     );
+    // A receive rides the outage out: it waits until its own deadline, not a moment longer.
+    let start = std::time::Instant::now();
+    let err = layer
+        .receive_timeout("a", Duration::from_millis(800))
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+    assert!(layer.metrics().backend_errors > 0, "{:?}", layer.metrics());
+    // try_receive asks the server, so it reports the outage.
+    let err = layer.try_receive("a").unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
 }
 
 #[test]
@@ -163,4 +176,86 @@ fn a_unix_socket_url_reaches_the_server() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Another program's key under the layer's prefix, of another type, fails only the
+/// operations on its own channel, with an error naming the key, and costs no reconnects.
+#[test]
+fn a_wrong_type_key_fails_only_its_own_channel() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    server.command(&["SET", "asgibad", "not a channel"]);
+    let layer = RedisLayer::from_url(&server.url()).unwrap();
+    let good = {
+        let layer = layer.clone();
+        std::thread::spawn(move || layer.receive_timeout("good", Duration::from_secs(10)))
+    };
+    let connections = |s: &RedisServer| {
+        let info = s.command(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let before = connections(&server);
+    let start = std::time::Instant::now();
+    let mut failures = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let err = layer
+            .receive_timeout("bad", Duration::from_secs(1))
+            .unwrap_err();
+        let channel_layer::ReceiveError::Backend(e) = &err else {
+            panic!("expected a backend error, got {err:?}");
+        };
+        assert_eq!(e.kind(), channel_layer::BackendErrorKind::WrongType, "{e}");
+        assert!(e.to_string().contains("asgibad"), "names the key: {e}");
+        failures += 1;
+    }
+    assert!(failures >= 2, "each receive on the bad key fails promptly");
+    let after = connections(&server);
+    assert!(
+        after - before <= 2,
+        "{} new connections while receivers waited on a bad key",
+        after - before
+    );
+    let err = layer.send("bad", Message::new("x")).unwrap_err();
+    assert_eq!(
+        err.backend_error().map(|e| e.kind()),
+        Some(channel_layer::BackendErrorKind::WrongType),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("asgibad"), "{err}");
+    layer.send("good", Message::new("fine")).unwrap();
+    let got = good
+        .join()
+        .unwrap()
+        .expect("the other channel is not affected");
+    assert_eq!(got.message_type(), Some("fine"));
+    assert!(layer.metrics().backend_errors > 0);
+}
+
+/// A group member whose key holds another type of data is skipped and reported; the members
+/// after it still get the message (the delivery script does not abort half way).
+#[test]
+fn group_delivery_skips_a_wrong_type_member_and_delivers_to_the_others() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = RedisLayer::from_url(&server.url()).unwrap();
+    for member in ["m1", "bad", "m2", "m3"] {
+        layer.group_add("room", member).unwrap();
+    }
+    server.command(&["SET", "asgibad", "not a channel"]);
+    let report = layer.group_send("room", Message::new("hello")).unwrap();
+    assert_eq!(report.delivered, 3, "{report:?}");
+    assert_eq!(report.skipped_failed, 1, "{report:?}");
+    for member in ["m1", "m2", "m3"] {
+        let got = layer
+            .receive_timeout(member, Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(got.message_type(), Some("hello"));
+    }
+    assert_eq!(layer.metrics().group_skipped_failed, 1);
 }

@@ -1,7 +1,20 @@
 //! Groups and flush: membership changes, the two round trips of a `group_send`, and a flush
 //! that counts the messages it drops.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use ::redis::Cmd;
+
+use super::codec::AsgiChannel;
+use super::replies::{all_ok, ints, member_names, one_value, scanned, tally};
+use super::scripts::scripts;
+use super::{Inner, wall_clock};
+use crate::error::LayerError;
+use crate::layer::ChannelLayer as _;
+use crate::layer::GroupSendReport;
+use crate::message::{Message, MessageError};
+use crate::metrics::{Counters, MetricsSnapshot};
+use crate::name::{non_local_name, validate_channel, validate_group};
 
 /// The bundled copies of one `group_send` bound for one server: a key, a member and a capacity
 /// per non-local name, and how many group members each stands for.
@@ -64,12 +77,12 @@ impl Inner {
         Ok((self.server_for(group), cmd))
     }
 
-    /// One bundled copy of the message per channel key, per server (spec §3.7), as commands.
+    /// One bundled copy of the message per channel key, per server ([contract §3.7](crate::contract)), as commands.
     pub(super) fn group_deliveries(
         &self,
         message: &Message,
         members: &[String],
-    ) -> Result<BTreeMap<usize, (Cmd, Vec<usize>)>, MessageError> {
+    ) -> Result<BTreeMap<usize, (Cmd, Bundles)>, MessageError> {
         let mut buckets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for name in members {
             if validate_channel(name).is_ok() {
@@ -105,7 +118,7 @@ impl Inner {
                 for (member, capacity) in b.members.iter().zip(&b.capacities) {
                     cmd.arg(member.as_slice()).arg(*capacity);
                 }
-                (server, (cmd, b.sizes))
+                (server, (cmd, b))
             })
             .collect())
     }
@@ -117,25 +130,44 @@ impl Inner {
             &self.counters.group_skipped_full,
             report.skipped_full as u64,
         );
+        Counters::add(
+            &self.counters.group_skipped_failed,
+            report.skipped_failed as u64,
+        );
     }
 
+    /// Reads the members, then delivers one bundled copy per channel key, per server. A
+    /// member whose key holds another type of data is skipped and reported
+    /// ([`GroupSendReport::skipped_failed`]); the others still get the message.
     pub(super) async fn group_send(
         &self,
-        via: Via,
         group: &str,
         message: Message,
     ) -> Result<GroupSendReport, LayerError> {
         message.check_reserved()?;
         let (server, cmd) = self.members_command(group)?;
-        let members = member_names(one_value(
-            self.exec(via, server, vec![cmd]).await?,
-            "group members",
-        )?);
+        let what = format!(
+            "reading the members of redis key {:?}",
+            self.group_key(group)
+        );
+        let members = member_names(one_value(self.exec(server, vec![cmd]).await?, &what)?);
         let mut report = GroupSendReport::default();
-        for (server, (cmd, sizes)) in self.group_deliveries(&message, &members)? {
-            let reply = self.exec(via, server, vec![cmd]).await?;
-            let expired = tally(&mut report, one_value(reply, "group send")?, &sizes);
+        for (server, (cmd, bundles)) in self.group_deliveries(&message, &members)? {
+            let reply = self.exec(server, vec![cmd]).await?;
+            let (expired, failed) =
+                tally(&mut report, one_value(reply, "group send")?, &bundles.sizes);
             Counters::add(&self.counters.expired, expired);
+            if !failed.is_empty() {
+                Counters::add(&self.counters.backend_errors, failed.len() as u64);
+                #[cfg(feature = "tracing")]
+                for i in failed {
+                    tracing::warn!(
+                        group,
+                        key = bundles.keys[i].as_str(),
+                        "group_send skipped a member whose redis key holds another type of data"
+                    );
+                }
+            }
         }
         self.count_group_send(&report);
         Ok(report)
@@ -144,17 +176,16 @@ impl Inner {
     /// Runs a membership change built by `group_add_cmds` or `group_discard_cmds`.
     pub(super) async fn group_change(
         &self,
-        via: Via,
         change: Result<(usize, Vec<Cmd>), LayerError>,
     ) -> Result<(), LayerError> {
         let (server, cmds) = change?;
-        all_ok(self.exec(via, server, cmds).await?)?;
+        all_ok(self.exec(server, cmds).await?)?;
         Ok(())
     }
 
     // ===== flush =====
 
-    pub(super) async fn flush(&self, via: Via) -> Result<(), LayerError> {
+    pub(super) async fn flush(&self) -> Result<(), LayerError> {
         self.check_open()?;
         let pattern = format!("{}*", self.config.prefix);
         let group_prefix = self.group_key("");
@@ -168,7 +199,7 @@ impl Inner {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(1000);
-                let reply = one_value(self.exec(via, server, vec![scan]).await?, "scan")?;
+                let reply = one_value(self.exec(server, vec![scan]).await?, "scan")?;
                 let (next, keys) = scanned(reply)?;
                 if !keys.is_empty() {
                     let mut flush = ::redis::cmd("EVALSHA");
@@ -178,7 +209,7 @@ impl Inner {
                     }
                     flush.arg(&group_prefix).arg("__wake__:");
                     let counted = ints(
-                        one_value(self.exec(via, server, vec![flush]).await?, "flush")?,
+                        one_value(self.exec(server, vec![flush]).await?, "flush")?,
                         "flush",
                     )?;
                     dropped += counted

@@ -2,7 +2,7 @@
 //!
 //! A [`RedisLayer`] and a Django app running `channels_redis.core.RedisChannelLayer` with the
 //! same prefix and settings share one Redis: they exchange messages on normal channels,
-//! process-specific channels and groups in both directions (spec sheet §3 has the format).
+//! process-specific channels and groups in both directions ([contract §3](crate::contract) has the format).
 //!
 //! # How it works
 //!
@@ -46,47 +46,46 @@
 //! # Ok::<(), channel_layer::Error>(())
 //! ```
 
+mod buffers;
 mod codec;
 mod config;
 mod conn;
 #[cfg(feature = "redis-encryption")]
 mod crypto;
+mod demand;
 mod groups;
 mod hash;
+mod oneshot;
 mod puller;
 mod receive;
 mod replies;
 mod scripts;
+mod send;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ::redis::{Client, Cmd, Value as RedisValue};
+use ::redis::Cmd;
+use ::redis::Value as RedisValue;
 use parking_lot::{Condvar, Mutex};
 
-use self::codec::{AsgiChannel, Codec};
+use self::codec::Codec;
 pub use self::config::{DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, RedisConfig};
-use self::conn::{Commands, SendOne, Then, Timeouts};
+use self::conn::{Commands, Endpoint, Pool, Timeouts};
+use self::demand::PullSet;
 use self::hash::consistent_hash;
-use self::receive::{PullKey, PullSet, Pulled};
-use self::replies::*;
-use self::scripts::scripts;
 use crate::config::LayerConfig;
 use crate::error::{
-    BackendError, BackendErrorKind, BuildError, LayerError, ReceiveError, SendError,
-    TryReceiveError,
+    BackendError, BuildError, LayerError, ReceiveError, SendError, TryReceiveError,
 };
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
 use crate::memory::InMemoryLayer;
-use crate::message::{Message, MessageError};
+use crate::message::Message;
 use crate::metrics::{Counters, MetricsSnapshot};
-use crate::name::{
-    NameError, NameKind, NameProblem, is_process_specific, non_local_name, validate_channel,
-    validate_group, validate_prefix,
-};
+use crate::name::{NameError, non_local_name, validate_prefix};
 use crate::runtime::block_on;
 
 /// The channel layer over Redis. Cheap to clone; clones share connections and buffers.
@@ -95,11 +94,9 @@ pub struct RedisLayer {
     inner: Arc<Inner>,
 }
 
+/// One server: its connections and command thread.
 struct Server {
-    client: Client,
     commands: Commands,
-    /// The puller's last failure, cleared when it talks to the server again.
-    fault: Mutex<Option<BackendError>>,
 }
 
 struct Inner {
@@ -113,12 +110,15 @@ struct Inner {
     servers: Vec<Server>,
     /// Received messages waiting for a receiver here, per channel.
     local: InMemoryLayer,
-    counters: Counters,
+    counters: Arc<Counters>,
     closed: AtomicBool,
     pull: Mutex<PullSet>,
     /// Signalled after each pass of a puller over its keys.
     pulled_keys: Condvar,
     next_server: AtomicUsize,
+    /// Keys (by the name they hold messages for) found holding data of another type, with
+    /// when that was seen: receives on them fail, and the pullers leave them alone for a while.
+    bad_keys: Mutex<HashMap<String, (Instant, BackendError)>>,
 }
 
 fn wall_clock() -> f64 {
@@ -154,6 +154,7 @@ impl RedisLayer {
         let timeouts = Timeouts {
             connect: config.connect_timeout,
             operation: config.operation_timeout,
+            reply_guard: config.layer.expiry + config.operation_timeout,
         };
         #[cfg(feature = "redis-encryption")]
         let crypto = if config.symmetric_encryption_keys.is_empty() {
@@ -167,16 +168,16 @@ impl RedisLayer {
             crypto,
             ..Codec::default()
         };
+        let counters = Arc::new(Counters::default());
+        #[cfg(feature = "redis-tls")]
+        let ca = config.tls_ca_cert.as_deref();
+        #[cfg(not(feature = "redis-tls"))]
+        let ca = None;
         let mut servers = Vec::with_capacity(config.hosts.len());
         for (i, host) in config.hosts.iter().enumerate() {
-            let client = open_client(&config, host)?;
-            let commands =
-                Commands::start(client.clone(), timeouts, format!("channel-layer-redis-{i}"))?;
-            servers.push(Server {
-                client,
-                commands,
-                fault: Mutex::new(None),
-            });
+            let pool = Pool::new(Endpoint::new(host, ca)?, timeouts, counters.clone());
+            let commands = Commands::start(Arc::new(pool), format!("channel-layer-redis-{i}"))?;
+            servers.push(Server { commands });
         }
         let client_prefix = random_hex(16);
         let local = InMemoryLayer::new(config.layer.clone());
@@ -186,15 +187,16 @@ impl RedisLayer {
             codec,
             servers,
             local,
-            counters: Counters::default(),
+            counters,
             closed: AtomicBool::new(false),
             pull: Mutex::new(PullSet::default()),
             pulled_keys: Condvar::new(),
             next_server: AtomicUsize::new(0),
+            bad_keys: Mutex::new(HashMap::new()),
             config,
         });
         for i in 0..inner.servers.len() {
-            puller::start(Arc::downgrade(&inner), i, timeouts)?;
+            puller::start(Arc::downgrade(&inner), i)?;
         }
         Ok(RedisLayer { inner })
     }
@@ -203,37 +205,6 @@ impl RedisLayer {
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
     }
-}
-
-/// A client for one server address, with TLS set up for `rediss://` addresses.
-fn open_client(config: &RedisConfig, host: &str) -> Result<Client, BuildError> {
-    let invalid = |reason: String| BuildError::InvalidUrl {
-        url: host.to_owned(),
-        reason,
-    };
-    let tls = host.starts_with("rediss:");
-    #[cfg(not(feature = "redis-tls"))]
-    if tls {
-        let _ = config;
-        return Err(BuildError::FeatureDisabled {
-            scheme: "rediss".into(),
-            feature: "redis-tls",
-        });
-    }
-    #[cfg(feature = "redis-tls")]
-    if tls {
-        // rustls needs a process-wide crypto provider; an application may have installed its
-        // own already, which is then used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        if let Some(pem) = &config.tls_ca_cert {
-            let certs = ::redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            };
-            return Client::build_with_tls(host, certs).map_err(|e| invalid(e.to_string()));
-        }
-    }
-    Client::open(host).map_err(|e| invalid(e.to_string()))
 }
 
 impl fmt::Debug for RedisLayer {
@@ -285,7 +256,7 @@ impl Inner {
     }
 
     /// Whether `channel` is a process channel of this layer (channels_redis checks the same,
-    /// spec §3.4: only the layer that minted a process channel receives on it).
+    /// [contract §3.4](crate::contract): only the layer that minted a process channel receives on it).
     fn owns(&self, channel: &str) -> bool {
         let non_local = non_local_name(channel);
         non_local
@@ -294,113 +265,14 @@ impl Inner {
             .is_some_and(|s| s.ends_with('.'))
     }
 
-    /// Runs commands on `server` the way `via` says.
-    async fn exec(
-        &self,
-        via: Via,
-        server: usize,
-        cmds: Vec<Cmd>,
-    ) -> Result<Vec<RedisValue>, BackendError> {
-        let commands = &self.servers[server].commands;
-        match via {
-            Via::Caller => commands.run(cmds),
-            Via::Thread => commands.run_async(cmds).await,
-        }
+    /// Runs commands on `server` through its command thread, by the operation timeout.
+    async fn exec(&self, server: usize, cmds: Vec<Cmd>) -> Result<Vec<RedisValue>, BackendError> {
+        self.servers[server].commands.run_async(cmds).await
     }
 
-    // ===== sending =====
-
-    /// What sending `message` to `channel` stores, and the server it goes to.
-    fn send_one(&self, channel: &str, message: &Message) -> Result<(usize, SendOne), MessageError> {
-        let (key, asgi, server) = if is_process_specific(channel) {
-            let non_local = non_local_name(channel);
-            (
-                self.key(non_local),
-                AsgiChannel::One(channel),
-                self.server_for(non_local),
-            )
-        } else {
-            (self.key(channel), AsgiChannel::None, self.round_robin())
-        };
-        let member = self
-            .codec
-            .pack(message, asgi)
-            .map_err(|e| MessageError::Encode(e.to_string()))?;
-        let now = wall_clock();
-        let send = SendOne {
-            key,
-            member,
-            score: now,
-            cutoff: now - self.expiry_secs(),
-            capacity: self.layer_config().capacity_for(channel),
-            ttl_millis: self.ttl_millis(),
-        };
-        Ok((server, send))
+    fn pool(&self, server: usize) -> &Arc<Pool> {
+        self.servers[server].commands.pool()
     }
-
-    /// Checks a send and builds what it stores.
-    fn prepare_send(
-        &self,
-        channel: &str,
-        message: Message,
-    ) -> Result<(Message, usize, SendOne), SendError> {
-        let message = self.check_send(channel, message)?;
-        match self.send_one(channel, &message) {
-            Ok((server, send)) => Ok((message, server, send)),
-            Err(error) => Err(SendError::InvalidMessage { error, message }),
-        }
-    }
-
-    fn check_send(&self, channel: &str, message: Message) -> Result<Message, SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed { message });
-        }
-        if let Err(error) = validate_channel(channel) {
-            return Err(SendError::InvalidName { error, message });
-        }
-        if let Err(error) = message.check_reserved() {
-            return Err(SendError::InvalidMessage { error, message });
-        }
-        Ok(message)
-    }
-
-    fn sent(
-        &self,
-        channel: &str,
-        capacity: usize,
-        message: Message,
-        reply: Result<Vec<RedisValue>, BackendError>,
-    ) -> Result<(), SendError> {
-        let outcome = reply.and_then(|values| ints(one_value(values, "send")?, "send"));
-        if let Ok(counts) = &outcome {
-            let expired = counts.get(1).copied().unwrap_or(0);
-            Counters::add(&self.counters.expired, u64::try_from(expired).unwrap_or(0));
-        }
-        match outcome.map(|counts| counts.first().copied()) {
-            Ok(Some(1)) => {
-                Counters::add(&self.counters.sent, 1);
-                Ok(())
-            }
-            Ok(_) => {
-                Counters::add(&self.counters.rejected_full, 1);
-                Err(SendError::Full {
-                    channel: Arc::from(channel),
-                    capacity,
-                    message,
-                })
-            }
-            Err(error) => Err(SendError::Backend { error, message }),
-        }
-    }
-}
-
-/// How an operation talks to Redis: blocking calls on their own thread over a pooled
-/// connection (their futures never wait, so `block_on` runs them straight through), async
-/// calls through the command thread.
-#[derive(Clone, Copy)]
-enum Via {
-    Caller,
-    Thread,
 }
 
 // ===== the trait =====
@@ -432,28 +304,11 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
         message: Message,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(async move {
-            let (message, server, send) = self.inner.prepare_send(channel, message)?;
-            let capacity = send.capacity;
-            let reply = self.inner.servers[server].commands.send_async(send).await;
-            self.inner.sent(channel, capacity, message, reply)
-        })
+        Box::pin(self.inner.send_async(channel, message))
     }
 
     fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
-        let (message, server, send) = self.inner.prepare_send(channel, message)?;
-        let capacity = send.capacity;
-        let mut cmd = ::redis::cmd("EVALSHA");
-        cmd.arg(&scripts().send.sha)
-            .arg(1)
-            .arg(send.key)
-            .arg(send.member)
-            .arg(send.score)
-            .arg(send.cutoff)
-            .arg(send.capacity)
-            .arg(send.ttl_millis);
-        let reply = self.inner.servers[server].commands.run(vec![cmd]);
-        self.inner.sent(channel, capacity, message, reply)
+        self.inner.send_blocking(channel, message)
     }
 
     fn receive_until_async<'a>(
@@ -461,7 +316,7 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Message, ReceiveError>> {
-        Box::pin(self.inner.receive(Via::Thread, channel, deadline))
+        Box::pin(self.inner.receive_async(channel, deadline))
     }
 
     fn receive_until(
@@ -469,18 +324,18 @@ impl ChannelLayer for RedisLayer {
         channel: &str,
         deadline: Option<Instant>,
     ) -> Result<Message, ReceiveError> {
-        block_on(self.inner.receive(Via::Caller, channel, deadline))
+        self.inner.receive_blocking(channel, deadline)
     }
 
     fn try_receive_async<'a>(
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Message, TryReceiveError>> {
-        Box::pin(self.inner.try_receive(Via::Thread, channel))
+        Box::pin(self.inner.try_receive(channel))
     }
 
     fn try_receive(&self, channel: &str) -> Result<Message, TryReceiveError> {
-        block_on(self.inner.try_receive(Via::Caller, channel))
+        block_on(self.inner.try_receive(channel))
     }
 
     fn group_add_async<'a>(
@@ -489,12 +344,11 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(), LayerError>> {
         let change = self.inner.group_add_cmds(group, channel);
-        Box::pin(self.inner.group_change(Via::Thread, change))
+        Box::pin(self.inner.group_change(change))
     }
 
     fn group_add(&self, group: &str, channel: &str) -> Result<(), LayerError> {
-        let change = self.inner.group_add_cmds(group, channel);
-        block_on(self.inner.group_change(Via::Caller, change))
+        block_on(self.group_add_async(group, channel))
     }
 
     fn group_discard_async<'a>(
@@ -503,12 +357,11 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(), LayerError>> {
         let change = self.inner.group_discard_cmds(group, channel);
-        Box::pin(self.inner.group_change(Via::Thread, change))
+        Box::pin(self.inner.group_change(change))
     }
 
     fn group_discard(&self, group: &str, channel: &str) -> Result<(), LayerError> {
-        let change = self.inner.group_discard_cmds(group, channel);
-        block_on(self.inner.group_change(Via::Caller, change))
+        block_on(self.group_discard_async(group, channel))
     }
 
     fn group_send_async<'a>(
@@ -516,76 +369,24 @@ impl ChannelLayer for RedisLayer {
         group: &'a str,
         message: Message,
     ) -> BoxFuture<'a, Result<GroupSendReport, LayerError>> {
-        Box::pin(self.inner.group_send(Via::Thread, group, message))
+        Box::pin(self.inner.group_send(group, message))
     }
 
     fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, LayerError> {
-        block_on(self.inner.group_send(Via::Caller, group, message))
+        block_on(self.inner.group_send(group, message))
     }
 
     fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>> {
-        Box::pin(self.inner.flush(Via::Thread))
+        Box::pin(self.inner.flush())
     }
 
     fn flush(&self) -> Result<(), LayerError> {
-        block_on(self.inner.flush(Via::Caller))
+        block_on(self.inner.flush())
     }
 
     fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.local.close();
         self.inner.wake_pullers();
-    }
-}
-
-/// Gives the pullers what they need without the rest of the layer's internals.
-pub(crate) struct PullerView {
-    inner: Weak<Inner>,
-}
-
-impl PullerView {
-    pub(crate) fn upgrade(&self) -> Option<PullerHandle> {
-        self.inner.upgrade().map(|inner| PullerHandle { inner })
-    }
-}
-
-/// A live layer as a puller sees it.
-pub(crate) struct PullerHandle {
-    inner: Arc<Inner>,
-}
-
-impl PullerHandle {
-    pub(crate) fn is_closed(&self) -> bool {
-        self.inner.is_closed()
-    }
-
-    pub(crate) fn client(&self, server: usize) -> Client {
-        self.inner.servers[server].client.clone()
-    }
-
-    pub(crate) fn wake_key(&self) -> &str {
-        &self.inner.wake_key
-    }
-
-    pub(crate) fn keys(&self) -> Vec<PullKey> {
-        self.inner.pull_keys()
-    }
-
-    pub(crate) fn pulled(&self, from: &Pulled, member: &[u8], score: f64) -> bool {
-        self.inner.pulled(from, member, score)
-    }
-
-    pub(crate) fn expiry_millis(&self) -> u64 {
-        self.inner.ttl_millis()
-    }
-
-    pub(crate) fn set_fault(&self, server: usize, fault: Option<BackendError>) {
-        *self.inner.servers[server].fault.lock() = fault;
-    }
-}
-
-impl From<Weak<Inner>> for PullerView {
-    fn from(inner: Weak<Inner>) -> Self {
-        PullerView { inner }
     }
 }

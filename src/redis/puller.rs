@@ -3,86 +3,147 @@
 //! It first takes whatever is waiting on every pulled key in one pipelined round trip
 //! (`ZPOPMIN key count` per key), and when nothing is waiting it blocks in `BZPOPMIN` on all
 //! of them at once, plus the layer's wake key, for at most a second. What it takes goes into
-//! the layer's local buffers. On a connection failure it records the fault (receivers report
-//! it) and retries with backoff; when the server returns, it carries on with the same layer.
+//! the layer's local buffers.
+//!
+//! Faults: a reply to a pop carries messages already removed from Redis, so the puller waits
+//! for it as long as the connection lives (up to [`Timeouts::reply_guard`]): a server frozen
+//! for a while answers when it resumes, and nothing is lost. A lost connection is counted, and
+//! made again with capped, jittered backoff; receivers keep waiting meanwhile. A key that
+//! holds another type of data fails only the receives on its channel (see
+//! [`Inner::key_error`]); the puller goes on with the other keys.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ::redis::{Connection, Value};
+use ::redis::{Cmd, Value};
 
-use super::conn::{Timeouts, backend_error, connect};
-use super::{Inner, PullerView, popped};
+use super::Inner;
+use super::conn::{Connection, Pool, Timeouts, check_reply};
+use super::demand::PullKey;
+use super::replies::popped;
 use crate::error::{BackendError, BackendErrorKind};
+use crate::metrics::Counters;
 
 /// The longest a puller blocks before it looks at its keys (and the layer) again.
 const BLOCK_SECS: f64 = 1.0;
 
-pub(super) fn start(
-    inner: Weak<Inner>,
-    server: usize,
-    timeouts: Timeouts,
-) -> Result<(), BackendError> {
-    let view = PullerView::from(inner);
+/// The first pause after a failure, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub(super) fn start(inner: Weak<Inner>, server: usize) -> Result<(), BackendError> {
     thread::Builder::new()
         .name(format!("channel-layer-redis-pull-{server}"))
-        .spawn(move || run(&view, server, timeouts))
+        .spawn(move || run(&inner, server))
         .map(drop)
         .map_err(|e| {
             BackendError::new(BackendErrorKind::Other, "starting the redis puller").with_source(e)
         })
 }
 
-fn run(view: &PullerView, server: usize, timeouts: Timeouts) {
+/// Capped exponential backoff with jitter, so that many layers that lost the same server do
+/// not come back at the same instant.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: BACKOFF_FIRST,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+
+    /// The pause to take now: between half and all of the current step; doubles the step.
+    fn pause(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let half = step / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+fn run(view: &Weak<Inner>, server: usize) {
     let mut conn: Option<Connection> = None;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new();
     loop {
         let Some(layer) = view.upgrade() else { return };
         if layer.is_closed() {
             return;
         }
-        if conn.is_none() {
-            let read = Duration::from_secs_f64(BLOCK_SECS) + timeouts.operation;
-            match connect(&layer.client(server), timeouts, read) {
-                Ok(c) => {
-                    conn = Some(c);
-                    backoff = Duration::from_millis(50);
-                }
-                Err(e) => {
-                    layer.set_fault(server, Some(e));
+        let pool = layer.pool(server).clone();
+        let c = match &mut conn {
+            Some(c) => c,
+            None => match pool.connect(Instant::now() + pool.timeouts().connect) {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    // Counted by the pool; receivers keep waiting.
                     drop(layer);
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    thread::sleep(backoff.pause());
                     continue;
                 }
-            }
-        }
-        let c = conn.as_mut().expect("connected");
-        match pull_once(&layer, c) {
-            Ok(()) => layer.set_fault(server, None),
+            },
+        };
+        match pull_once(&layer, &pool, c) {
+            Ok(()) => backoff.reset(),
             Err(e) => {
-                layer.set_fault(server, Some(e));
-                conn = None;
+                pool.failure(&e);
+                // A server's error reply leaves the connection usable; anything else does not.
+                if matches!(
+                    e.kind(),
+                    BackendErrorKind::Connection
+                        | BackendErrorKind::Timeout
+                        | BackendErrorKind::Protocol
+                ) {
+                    conn = None;
+                }
+                drop(layer);
+                thread::sleep(backoff.pause());
             }
         }
     }
 }
 
+fn pack(cmds: &[Cmd]) -> Vec<u8> {
+    cmds.iter().flat_map(Cmd::get_packed_command).collect()
+}
+
 /// Takes what is waiting, or blocks until something arrives or a second passes.
-fn pull_once(layer: &super::PullerHandle, conn: &mut Connection) -> Result<(), BackendError> {
-    let keys = layer.keys();
+fn pull_once(layer: &Arc<Inner>, pool: &Pool, conn: &mut Connection) -> Result<(), BackendError> {
+    let timeouts: Timeouts = pool.timeouts();
+    let keys = layer.pull_keys();
     if !keys.is_empty() {
-        let mut pipe = ::redis::pipe();
-        for k in &keys {
-            pipe.cmd("ZPOPMIN").arg(&k.key).arg(k.count);
-        }
-        let replies: Vec<Value> = pipe
-            .query(conn)
-            .map_err(|e| backend_error("taking messages from redis", &e))?;
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|k| {
+                let mut cmd = ::redis::cmd("ZPOPMIN");
+                cmd.arg(&k.key).arg(k.count);
+                cmd
+            })
+            .collect();
+        let replies = conn
+            .exchange(
+                &pack(&cmds),
+                cmds.len(),
+                Some(Instant::now() + timeouts.reply_guard),
+            )
+            .inspect_err(|e| layer.take_lost(e, keys.iter().map(|k| k.count).sum()))?;
         let mut got = 0;
         let mut back = Vec::new();
+        let mut refused = None;
         for (k, reply) in keys.iter().zip(replies) {
+            if let Value::ServerError(e) = &reply {
+                let error = layer.key_error(&k.channel, e.code(), e.details().unwrap_or_default());
+                if error.kind() != BackendErrorKind::WrongType {
+                    refused = Some(error);
+                }
+                continue;
+            }
             // Once one message goes back, the rest of this key's batch follows it, so that a
             // later message is never delivered before an earlier one.
             let mut returning = false;
@@ -90,40 +151,57 @@ fn pull_once(layer: &super::PullerHandle, conn: &mut Connection) -> Result<(), B
                 got += 1;
                 returning = returning || !layer.pulled(&k.channel, &member, score);
                 if returning {
-                    back.push((&k.key, member, score));
+                    back.push((k, member, score));
                 }
             }
         }
-        put_back(layer, conn, back)?;
+        put_back(layer, conn, timeouts, back)?;
+        if let Some(e) = refused {
+            return Err(e);
+        }
         if got > 0 {
             return Ok(());
         }
     }
+    block(layer, conn, timeouts, &keys)
+}
+
+/// Blocks in `BZPOPMIN` on every key (and the wake key) for up to [`BLOCK_SECS`].
+fn block(
+    layer: &Arc<Inner>,
+    conn: &mut Connection,
+    timeouts: Timeouts,
+    keys: &[PullKey],
+) -> Result<(), BackendError> {
     let mut cmd = ::redis::cmd("BZPOPMIN");
-    cmd.arg(layer.wake_key());
-    for k in &keys {
+    cmd.arg(&layer.wake_key);
+    for k in keys {
         cmd.arg(&k.key);
     }
     cmd.arg(BLOCK_SECS);
-    let reply: Value = cmd
-        .query(conn)
-        .map_err(|e| backend_error("waiting for messages in redis", &e))?;
-    if let Value::Array(mut parts) = reply {
-        if parts.len() == 3 {
-            let key = match parts.remove(0) {
-                Value::BulkString(b) => b,
-                _ => return Ok(()),
-            };
-            if let Some(k) = keys.iter().find(|k| k.key.as_bytes() == key.as_slice()) {
-                let mut back = Vec::new();
-                for (member, score) in popped(Value::Array(parts)) {
-                    if !layer.pulled(&k.channel, &member, score) {
-                        back.push((&k.key, member, score));
-                    }
-                }
-                put_back(layer, conn, back)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(BLOCK_SECS) + timeouts.reply_guard;
+    let mut replies = conn
+        .exchange(&cmd.get_packed_command(), 1, Some(deadline))
+        .inspect_err(|e| layer.take_lost(e, 1))?;
+    // A key that turned to another type since the pass above: the next pass names it.
+    let reply = check_reply("waiting for messages in redis", replies.remove(0))?;
+    let Value::Array(mut parts) = reply else {
+        return Ok(());
+    };
+    if parts.len() != 3 {
+        return Ok(());
+    }
+    let Value::BulkString(key) = parts.remove(0) else {
+        return Ok(());
+    };
+    if let Some(k) = keys.iter().find(|k| k.key.as_bytes() == key.as_slice()) {
+        let mut back = Vec::new();
+        for (member, score) in popped(Value::Array(parts)) {
+            if !layer.pulled(&k.channel, &member, score) {
+                back.push((k, member, score));
             }
         }
+        put_back(layer, conn, timeouts, back)?;
     }
     Ok(())
 }
@@ -131,21 +209,62 @@ fn pull_once(layer: &super::PullerHandle, conn: &mut Connection) -> Result<(), B
 /// Returns messages taken for receivers that left meanwhile to their key, with their scores,
 /// so they keep their place in line and count against the channel's capacity again.
 fn put_back(
-    layer: &super::PullerHandle,
+    layer: &Inner,
     conn: &mut Connection,
-    back: Vec<(&String, Vec<u8>, f64)>,
+    timeouts: Timeouts,
+    back: Vec<(&PullKey, Vec<u8>, f64)>,
 ) -> Result<(), BackendError> {
     if back.is_empty() {
         return Ok(());
     }
-    let mut pipe = ::redis::pipe();
-    for (key, member, score) in back {
-        pipe.cmd("ZADD").arg(key).arg(score).arg(member).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(key)
-            .arg(layer.expiry_millis())
-            .ignore();
+    let mut cmds = Vec::with_capacity(back.len() * 2);
+    for (k, member, score) in &back {
+        let mut zadd = ::redis::cmd("ZADD");
+        zadd.arg(&k.key).arg(*score).arg(member.as_slice());
+        let mut ttl = ::redis::cmd("PEXPIRE");
+        ttl.arg(&k.key).arg(layer.ttl_millis());
+        cmds.push(zadd);
+        cmds.push(ttl);
     }
-    pipe.query::<()>(conn)
-        .map_err(|e| backend_error("returning messages to redis", &e))
+    let count = back.len() as u64;
+    let back_again = back;
+    match conn.exchange(
+        &pack(&cmds),
+        cmds.len(),
+        Some(Instant::now() + timeouts.operation),
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if e.may_have_applied() {
+                // They may be back in Redis or gone: never delivered twice, counted as lost.
+                Counters::add(&layer.counters.lost, count);
+            } else {
+                // Provably still here: they wait in the local buffers instead.
+                for (k, member, score) in back_again {
+                    layer.arrived(&k.channel, &member, score);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let first = b.pause();
+        assert!(first >= BACKOFF_FIRST / 2 && first <= BACKOFF_FIRST);
+        for _ in 0..20 {
+            let p = b.pause();
+            assert!(p <= BACKOFF_MAX);
+        }
+        let late = b.pause();
+        assert!(late >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.pause() <= BACKOFF_FIRST);
+    }
 }

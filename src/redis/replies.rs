@@ -1,6 +1,10 @@
 //! Reading Redis's replies.
 
-use super::*;
+use ::redis::Value as RedisValue;
+
+use super::conn::check_reply;
+use crate::error::{BackendError, BackendErrorKind};
+use crate::layer::GroupSendReport;
 
 pub(super) fn protocol(what: &str, got: &RedisValue) -> BackendError {
     BackendError::new(
@@ -10,13 +14,7 @@ pub(super) fn protocol(what: &str, got: &RedisValue) -> BackendError {
 }
 
 pub(super) fn server_error(what: &str, value: RedisValue) -> Result<RedisValue, BackendError> {
-    match value {
-        RedisValue::ServerError(e) => Err(BackendError::new(
-            BackendErrorKind::Refused,
-            format!("{what}: {e:?}"),
-        )),
-        other => Ok(other),
-    }
+    check_reply(what, value)
 }
 
 pub(super) fn one_value(values: Vec<RedisValue>, what: &str) -> Result<RedisValue, BackendError> {
@@ -55,31 +53,57 @@ pub(super) fn member_names(value: RedisValue) -> Vec<String> {
     }
 }
 
+/// What became of one key of a group delivery.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    Full,
+    Failed,
+}
+
 /// Counts a group delivery script's reply (expired messages dropped, then the 1-based indices
-/// of full keys) into `report`; returns the expired count.
-pub(super) fn tally(report: &mut GroupSendReport, reply: RedisValue, sizes: &[usize]) -> u64 {
-    let mut full = vec![false; sizes.len()];
+/// of full keys, and the negated indices of keys that hold another type of data) into
+/// `report`; returns the expired count and the indices of the keys that failed.
+pub(super) fn tally(
+    report: &mut GroupSendReport,
+    reply: RedisValue,
+    sizes: &[usize],
+) -> (u64, Vec<usize>) {
+    let mut outcomes = vec![Outcome::Delivered; sizes.len()];
     let mut expired = 0;
     if let RedisValue::Array(items) = reply {
         for (n, item) in items.into_iter().enumerate() {
-            if let RedisValue::Int(i) = item {
-                if n == 0 {
-                    expired = u64::try_from(i).unwrap_or(0);
-                } else if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| full.get_mut(i))
-                {
-                    *slot = true;
-                }
+            let RedisValue::Int(i) = item else { continue };
+            if n == 0 {
+                expired = u64::try_from(i).unwrap_or(0);
+                continue;
+            }
+            let (index, outcome) = if i < 0 {
+                (i.unsigned_abs(), Outcome::Failed)
+            } else {
+                (i.unsigned_abs(), Outcome::Full)
+            };
+            if let Some(slot) = usize::try_from(index)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| outcomes.get_mut(i))
+            {
+                *slot = outcome;
             }
         }
     }
-    for (size, full) in sizes.iter().zip(full) {
-        if full {
-            report.skipped_full += size;
-        } else {
-            report.delivered += size;
+    let mut failed = Vec::new();
+    for (i, (size, outcome)) in sizes.iter().zip(outcomes).enumerate() {
+        match outcome {
+            Outcome::Delivered => report.delivered += size,
+            Outcome::Full => report.skipped_full += size,
+            Outcome::Failed => {
+                report.skipped_failed += size;
+                failed.push(i);
+            }
         }
     }
-    expired
+    (expired, failed)
 }
 
 /// `(member, score)` pairs from a `ZPOPMIN` or `BZPOPMIN` reply.

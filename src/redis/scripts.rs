@@ -1,5 +1,5 @@
 //! The Lua scripts the Redis backend runs, each doing in one round trip what channels_redis
-//! does in several (spec sheet §3.3 and §3.7).
+//! does in several ([contract §3.3](crate::contract) and §3.7).
 
 use std::sync::OnceLock;
 
@@ -21,7 +21,7 @@ impl Script {
 /// Send one message: drop expired members, refuse at capacity, add, refresh the key's TTL.
 ///
 /// channels_redis sends `ZREMRANGEBYSCORE`, `ZCOUNT`, `ZADD` and `EXPIRE` one after another
-/// (spec §3.3), which also lets concurrent senders overshoot the capacity; here they run as
+/// ([contract §3.3](crate::contract)), which also lets concurrent senders overshoot the capacity; here they run as
 /// one atomic step.
 ///
 /// KEYS[1] channel key. ARGV: 1 member, 2 score (send time, seconds), 3 prune cutoff
@@ -66,23 +66,30 @@ return out
 ";
 
 /// Deliver one `group_send` to the channel keys of one shard, each with its own bundled copy
-/// of the message (spec §3.7, whose Lua this mirrors, with the prune folded in).
+/// of the message ([contract §3.7](crate::contract), whose Lua this mirrors, with the prune folded in).
 ///
 /// KEYS: the channel keys. ARGV: 1 score, 2 prune cutoff, 3 TTL in milliseconds, then for each
 /// key i a member (ARGV[2 + 2i]) and a capacity (ARGV[3 + 2i]). Returns how many expired
-/// messages were dropped, then the 1-based indices of the keys that were full.
+/// messages were dropped, then the 1-based indices of the keys that were full, and the
+/// negated indices of keys holding another type of data: such a key is skipped, and the
+/// others still get the message (channels_redis's script aborts half way there).
 const GROUP_DELIVER: &str = r"
-local full = {0}
+local out = {0}
 for i = 1, #KEYS do
-  full[1] = full[1] + redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[2])
-  if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[3 + 2 * i]) then
-    redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2 + 2 * i])
-    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  local pruned = redis.pcall('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[2])
+  if type(pruned) == 'table' and pruned.err then
+    out[#out + 1] = -i
   else
-    full[#full + 1] = i
+    out[1] = out[1] + pruned
+    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[3 + 2 * i]) then
+      redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2 + 2 * i])
+      redis.call('PEXPIRE', KEYS[i], ARGV[3])
+    else
+      out[#out + 1] = i
+    end
   end
 end
-return full
+return out
 ";
 
 /// Flush: count the messages in the channel keys among KEYS (not group keys, which hold

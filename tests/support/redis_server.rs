@@ -42,6 +42,25 @@ pub struct RedisServer {
     dir: PathBuf,
     bin: String,
     process: Mutex<Option<Process>>,
+    /// Extra `redis-server` arguments, and the password they set (`--requirepass`), if any.
+    options: Mutex<Options>,
+}
+
+#[derive(Clone, Default)]
+struct Options {
+    args: Vec<String>,
+    password: Option<String>,
+}
+
+impl Options {
+    fn new(args: &[&str]) -> Options {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let password = args
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| args.get(i + 1).cloned());
+        Options { args, password }
+    }
 }
 
 /// One RESP2 reply, as [`RedisServer::query`] returns it.
@@ -140,6 +159,14 @@ impl RedisServer {
     /// When the server starts but never answers (the panic shows its log), or when
     /// `CHANNEL_LAYER_REQUIRE_SERVICES=1` and the binary is missing.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with extra `redis-server` arguments (`--appendonly yes`,
+    /// `--requirepass secret`, ...). A password set so is used by [`command`](Self::command)
+    /// and [`query`](Self::query).
+    pub fn start_with(args: &[&str]) -> Option<RedisServer> {
+        let options = Options::new(args);
         let bin = std::env::var(REDIS_SERVER_BIN_ENV).unwrap_or_else(|_| "redis-server".into());
         if let Err(why) = check_binary(&bin) {
             service_missing("redis-server", &why);
@@ -149,13 +176,14 @@ impl RedisServer {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn_and_wait(&bin, port, &dir) {
+            match spawn_and_wait(&bin, port, &dir, &options) {
                 Startup::Ready(process) => {
                     return Some(RedisServer {
                         port,
                         dir,
                         bin,
                         process: Mutex::new(Some(process)),
+                        options: Mutex::new(options),
                     });
                 }
                 Startup::PortTaken(log) => last = log,
@@ -204,10 +232,22 @@ impl RedisServer {
     ///
     /// When the server does not come back (the panic shows its log).
     pub fn restart(&self) {
+        let options = self.options().clone();
+        self.restart_as(options);
+    }
+
+    /// Restarts the server (as [`restart`](Self::restart)) with other extra arguments, which
+    /// then stay.
+    pub fn restart_with(&self, args: &[&str]) {
+        self.restart_as(Options::new(args));
+    }
+
+    fn restart_as(&self, options: Options) {
         self.kill();
+        *self.options.lock().unwrap_or_else(|p| p.into_inner()) = options.clone();
         let deadline = Instant::now() + RESTART_PORT_WAIT;
         loop {
-            match spawn_and_wait(&self.bin, self.port, &self.dir) {
+            match spawn_and_wait(&self.bin, self.port, &self.dir, &options) {
                 Startup::Ready(process) => {
                     *self.process() = Some(process);
                     return;
@@ -223,6 +263,36 @@ impl RedisServer {
                 }
             }
         }
+    }
+
+    /// The server's process id, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process().as_ref().map(|p| p.redis.id())
+    }
+
+    /// Stops the server's process (SIGSTOP): it keeps its sockets and memory, and answers
+    /// nothing until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.pid().expect("the server is running");
+        let status = Command::new("kill")
+            .arg(which)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill can be run");
+        assert!(status.success(), "kill {which} {pid} failed");
+    }
+
+    fn options(&self) -> MutexGuard<'_, Options> {
+        self.options.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the process is alive (it may still be starting up).
@@ -258,16 +328,19 @@ impl RedisServer {
     }
 
     fn exchange(&self, args: &[&[u8]]) -> (Reply, Vec<u8>) {
-        resp_exchange(self.port, args, COMMAND_TIMEOUT).unwrap_or_else(|e| {
-            panic!(
-                "redis command {:?} on port {} failed: {e}\nserver log:\n{}",
-                args.iter()
-                    .map(|a| String::from_utf8_lossy(a))
-                    .collect::<Vec<_>>(),
-                self.port,
-                self.log()
-            )
-        })
+        let password = self.options().password.clone();
+        resp_exchange_as(self.port, args, COMMAND_TIMEOUT, password.as_deref()).unwrap_or_else(
+            |e| {
+                panic!(
+                    "redis command {:?} on port {} failed: {e}\nserver log:\n{}",
+                    args.iter()
+                        .map(|a| String::from_utf8_lossy(a))
+                        .collect::<Vec<_>>(),
+                    self.port,
+                    self.log()
+                )
+            },
+        )
     }
 
     fn process(&self) -> MutexGuard<'_, Option<Process>> {
@@ -374,7 +447,7 @@ fn port_taken(log: &str) -> bool {
 }
 
 /// Spawns `redis-server` on `port` and waits for `+PONG`.
-fn spawn_and_wait(bin: &str, port: u16, dir: &Path) -> Startup {
+fn spawn_and_wait(bin: &str, port: u16, dir: &Path, options: &Options) -> Startup {
     let output = |name: &str| {
         fs::File::create(dir.join(name))
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.join(name).display()))
@@ -395,6 +468,7 @@ fn spawn_and_wait(bin: &str, port: u16, dir: &Path) -> Startup {
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .args(["--daemonize", "no"])
+        .args(&options.args)
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
@@ -417,7 +491,7 @@ fn spawn_and_wait(bin: &str, port: u16, dir: &Path) -> Startup {
             }
             panic!("redis-server on port {port} exited during start-up ({status}); log:\n{log}");
         }
-        if answers_as(port, process.redis.id()) {
+        if answers_as(port, process.redis.id(), options.password.as_deref()) {
             return Startup::Ready(process);
         }
         if Instant::now() >= deadline {
@@ -436,15 +510,15 @@ fn spawn_and_wait(bin: &str, port: u16, dir: &Path) -> Startup {
 
 /// Whether the server on `port` answers `PING` and is process `pid` (not another test's
 /// server that grabbed the port first).
-fn answers_as(port: u16, pid: u32) -> bool {
+fn answers_as(port: u16, pid: u32, password: Option<&str>) -> bool {
     let timeout = Duration::from_millis(500);
     if !matches!(
-        resp_exchange(port, &[b"PING"], timeout),
+        resp_exchange_as(port, &[b"PING"], timeout, password),
         Ok((Reply::Simple(s), _)) if s == "PONG"
     ) {
         return false;
     }
-    match resp_exchange(port, &[b"INFO", b"server"], timeout) {
+    match resp_exchange_as(port, &[b"INFO", b"server"], timeout, password) {
         Ok((Reply::Bulk(Some(info)), _)) => String::from_utf8_lossy(&info)
             .lines()
             .any(|line| line.trim() == format!("process_id:{pid}")),
@@ -456,14 +530,31 @@ fn answers_as(port: u16, pid: u32) -> bool {
 
 /// Connects, sends one command, reads one complete reply: `(parsed, raw bytes)`.
 fn resp_exchange(port: u16, args: &[&[u8]], timeout: Duration) -> io::Result<(Reply, Vec<u8>)> {
+    resp_exchange_as(port, args, timeout, None)
+}
+
+/// As [`resp_exchange`], logging in with `password` first.
+fn resp_exchange_as(
+    port: u16,
+    args: &[&[u8]],
+    timeout: Duration,
+    password: Option<&str>,
+) -> io::Result<(Reply, Vec<u8>)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    if let Some(password) = password {
+        stream.write_all(&encode_command(&[b"AUTH", password.as_bytes()]))?;
+    }
     stream.write_all(&encode_command(args))?;
     stream.flush()?;
     let mut reader = BufReader::new(stream);
     let mut raw = Vec::new();
+    if password.is_some() {
+        read_reply(&mut reader, &mut raw)?;
+        raw.clear();
+    }
     let reply = read_reply(&mut reader, &mut raw)?;
     Ok((reply, raw))
 }

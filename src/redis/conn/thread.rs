@@ -1,38 +1,27 @@
-//! Connections to one Redis server: a command thread that pipelines whatever callers have
-//! queued into one round trip, and the helpers the receiving thread uses.
+//! The command thread of one server: it takes every job async callers have queued and runs them
+//! in one pipeline, so many concurrent calls share a round trip; a blocking caller instead runs
+//! its commands on its own thread over a pooled connection ([`Commands::run`]).
 //!
-//! No async runtime is involved. Async callers queue a [`Job`] for the server's command thread
-//! and await a one-shot reply, so many concurrent sends share a round trip. Blocking callers
-//! run their commands on their own thread over an idle pooled connection, with no thread hop.
-//! When the server is unreachable, calls fail with a typed error at once (for a short pause
-//! after a failed connection attempt) or within the timeouts, never later; the next call
-//! reconnects.
+//! No async runtime is involved: async callers queue a [`Job`] and await a one-shot reply by
+//! their own deadline. The thread itself waits for a reply as long as
+//! [`Timeouts::reply_guard`](super::Timeouts) allows, however long its callers wait, because a
+//! job's `then` (taking messages into the local buffers, say) must see the reply even when
+//! its caller has given up.
 
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ::redis::{Client, Cmd, Connection, ServerErrorKind, Value};
+use ::redis::{Cmd, Value};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use parking_lot::Mutex;
 
-use super::scripts::scripts;
+use super::Pool;
 use crate::error::{BackendError, BackendErrorKind};
-use crate::oneshot;
+use crate::redis::oneshot;
+use crate::redis::scripts::scripts;
 
 /// How many jobs one round trip carries at most.
 const MAX_BATCH: usize = 512;
-
-/// After a failed connection attempt, jobs fail at once for this long instead of each trying
-/// again, so an outage costs callers no waiting and the server no connection storm.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-
-/// Timeouts for talking to one server.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timeouts {
-    pub(crate) connect: Duration,
-    pub(crate) operation: Duration,
-}
 
 /// What to do with a job's replies on the thread that receives them, before the caller gets
 /// what it returns: work that must happen even if the caller has given up waiting.
@@ -76,152 +65,28 @@ fn timed_out() -> BackendError {
     BackendError::new(BackendErrorKind::Timeout, "redis did not answer in time")
 }
 
-/// Maps a client error to ours, naming what was being done.
-pub(crate) fn backend_error(what: &str, e: &::redis::RedisError) -> BackendError {
-    let kind = if e.is_timeout() {
-        BackendErrorKind::Timeout
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
-        BackendErrorKind::Connection
-    } else {
-        BackendErrorKind::Protocol
-    };
-    BackendError::new(kind, format!("{what}: {e}"))
-}
-
-/// Opens a connection with the timeouts set, and loads the scripts.
-pub(crate) fn connect(
-    client: &Client,
-    timeouts: Timeouts,
-    read: Duration,
-) -> Result<Connection, BackendError> {
-    let mut conn = client
-        .get_connection_with_timeout(timeouts.connect)
-        .map_err(|e| backend_error("connecting to redis", &e))?;
-    conn.set_read_timeout(Some(read))
-        .and_then(|()| conn.set_write_timeout(Some(timeouts.operation)))
-        .map_err(|e| backend_error("configuring the redis connection", &e))?;
-    load_scripts(&mut conn)?;
-    Ok(conn)
-}
-
-fn load_scripts(conn: &mut Connection) -> Result<(), BackendError> {
-    let mut pipe = ::redis::pipe();
-    for script in scripts().all() {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(script.source);
-    }
-    pipe.query::<Vec<Value>>(conn)
-        .map(drop)
-        .map_err(|e| backend_error("loading scripts into redis", &e))
-}
-
-/// What the command thread and the callers that run commands on their own thread share: the
-/// client, idle connections, and the last connection failure.
-struct Shared {
-    client: Client,
-    timeouts: Timeouts,
-    idle: Mutex<Vec<Connection>>,
-    failed: Mutex<Option<(Instant, BackendError)>>,
-}
-
-/// Idle connections kept for callers that run commands on their own thread.
-const MAX_IDLE: usize = 16;
-
-impl Shared {
-    /// An idle connection, or a new one; during an outage, the last failure at once.
-    fn connection(&self) -> Result<Connection, BackendError> {
-        if let Some(conn) = self.idle.lock().pop() {
-            return Ok(conn);
-        }
-        if let Some((at, e)) = &*self.failed.lock() {
-            if at.elapsed() < RECONNECT_PAUSE {
-                return Err(e.clone());
-            }
-        }
-        match connect(&self.client, self.timeouts, self.timeouts.operation) {
-            Ok(conn) => {
-                *self.failed.lock() = None;
-                Ok(conn)
-            }
-            Err(e) => {
-                *self.failed.lock() = Some((Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
-    }
-
-    fn give_back(&self, conn: Connection) {
-        let mut idle = self.idle.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
-    }
-
-    /// Sends commands in one pipeline. If the server lost the scripts (a restart,
-    /// `SCRIPT FLUSH`), they are loaded again and the pipeline retried once: scripted commands
-    /// failed as a whole, and the others are idempotent. On a failed round trip the
-    /// connection is dropped, since its state is unknown.
-    fn query<'a>(
-        &self,
-        mut conn: Connection,
-        cmds: impl Iterator<Item = &'a Cmd> + Clone,
-    ) -> Result<Vec<Value>, BackendError> {
-        let mut pipe = ::redis::pipe();
-        pipe.ignore_errors();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
-        for attempt in 0..2 {
-            match pipe.query::<Vec<Value>>(&mut conn) {
-                Ok(values) => {
-                    let noscript = values.iter().any(|v| {
-                        matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
-                    });
-                    if noscript && attempt == 0 {
-                        load_scripts(&mut conn)?;
-                        continue;
-                    }
-                    self.give_back(conn);
-                    return Ok(values);
-                }
-                Err(e) => return Err(backend_error("redis command", &e)),
-            }
-        }
-        unreachable!("the second attempt returns")
-    }
-}
-
 /// The handle to a server's connections: a command thread that pipelines what callers queue
 /// (async callers), and idle connections a blocking caller uses on its own thread (no thread
 /// hop, no wake-up to wait for).
 #[derive(Clone)]
 pub(crate) struct Commands {
     tx: Sender<Job>,
-    shared: Arc<Shared>,
+    pool: Arc<Pool>,
 }
 
 impl Commands {
-    /// Starts the command thread for `client`; it ends when every handle is dropped.
-    pub(crate) fn start(
-        client: Client,
-        timeouts: Timeouts,
-        name: String,
-    ) -> Result<Self, BackendError> {
+    /// Starts the command thread for `pool`'s server; it ends when every handle is dropped.
+    pub(crate) fn start(pool: Arc<Pool>, name: String) -> Result<Self, BackendError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
-            client,
-            timeouts,
-            idle: Mutex::new(Vec::new()),
-            failed: Mutex::new(None),
-        });
-        let thread_shared = shared.clone();
+        let thread_pool = pool.clone();
         thread::Builder::new()
             .name(name)
-            .spawn(move || command_thread(&thread_shared, &rx))
+            .spawn(move || command_thread(&thread_pool, &rx))
             .map_err(|e| {
                 BackendError::new(BackendErrorKind::Other, "starting the redis thread")
                     .with_source(e)
             })?;
-        Ok(Commands { tx, shared })
+        Ok(Commands { tx, pool })
     }
 
     /// Queues commands for the command thread; the reply comes through the returned receiver,
@@ -233,7 +98,7 @@ impl Commands {
         then: Option<Then>,
     ) -> (oneshot::Receiver<Result<Vec<Value>, BackendError>>, Instant) {
         let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.shared.timeouts.operation;
+        let deadline = Instant::now() + self.pool.timeouts().operation;
         let job = Job {
             cmds,
             send: None,
@@ -254,7 +119,7 @@ impl Commands {
     /// for the same key: one script call adds them all.
     pub(crate) async fn send_async(&self, send: SendOne) -> Result<Vec<Value>, BackendError> {
         let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.shared.timeouts.operation;
+        let deadline = Instant::now() + self.pool.timeouts().operation;
         let job = Job {
             cmds: Vec::new(),
             send: Some(send),
@@ -271,11 +136,16 @@ impl Commands {
         flatten(rx.recv(Some(deadline)).await)
     }
 
-    /// Runs commands in one round trip on the calling thread, blocking it; bounded by the
-    /// connect and operation timeouts.
-    pub(crate) fn run(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, BackendError> {
-        let conn = self.shared.connection()?;
-        self.shared.query(conn, cmds.iter())
+    /// Runs commands in one round trip on the calling thread, blocking it for at most the
+    /// operation timeout (a connection, if one must be made, included).
+    pub(crate) fn run(&self, cmds: &[Cmd]) -> Result<Vec<Value>, BackendError> {
+        let deadline = Instant::now() + self.pool.timeouts().operation;
+        self.pool.run(cmds, deadline, Some(deadline))
+    }
+
+    /// The server's connections.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// Runs commands through the command thread; the future completes when the replies come
@@ -313,7 +183,7 @@ fn flatten(
 
 /// Takes every job queued, runs them all in one pipeline, answers each; until every handle
 /// is dropped.
-fn command_thread(shared: &Shared, rx: &Receiver<Job>) {
+fn command_thread(pool: &Pool, rx: &Receiver<Job>) {
     let mut batch = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -329,16 +199,21 @@ fn command_thread(shared: &Shared, rx: &Receiver<Job>) {
             .drain(..)
             .partition(|job| job.reply.is_abandoned() && job.deadline <= now);
         for job in stale {
-            job.finish(Err(timed_out()));
+            // Never run, so never applied.
+            job.finish(Err(timed_out().unsent()));
         }
         batch = live;
         if batch.is_empty() {
             continue;
         }
         let (cmds, parts) = plan(&batch);
-        let result = shared
-            .connection()
-            .and_then(|conn| shared.query(conn, cmds.iter()));
+        let timeouts = pool.timeouts();
+        let now = Instant::now();
+        let result = pool.run(
+            &cmds,
+            now + timeouts.operation,
+            Some(now + timeouts.reply_guard),
+        );
         match result {
             Ok(values) => answer(batch.drain(..), parts, values),
             Err(e) => {
@@ -415,8 +290,8 @@ fn answer(jobs: impl Iterator<Item = Job>, parts: Vec<Part>, values: Vec<Value>)
                 let outcome: Result<Vec<Value>, BackendError> = match reply {
                     Value::Array(items) => Ok(items),
                     Value::ServerError(e) => Err(BackendError::new(
-                        BackendErrorKind::Refused,
-                        format!("send: {e:?}"),
+                        super::server_error_kind(e.code()),
+                        format!("send: {} {}", e.code(), e.details().unwrap_or_default()),
                     )),
                     other => Err(BackendError::new(
                         BackendErrorKind::Protocol,

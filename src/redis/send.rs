@@ -1,0 +1,132 @@
+//! Sending: what a send stores and where, the blocking send on the caller's thread, the async
+//! send bundled by the command thread, and reading the send script's answer.
+
+use std::sync::Arc;
+
+use ::redis::Value as RedisValue;
+
+use super::codec::AsgiChannel;
+use super::conn::SendOne;
+use super::replies::{ints, one_value};
+use super::scripts::scripts;
+use super::{Inner, wall_clock};
+use crate::error::{BackendError, SendError};
+use crate::message::{Message, MessageError};
+use crate::metrics::Counters;
+use crate::name::{is_process_specific, non_local_name, validate_channel};
+
+impl Inner {
+    /// What sending `message` to `channel` stores, and the server it goes to: a process
+    /// channel's message goes to the server of its non-local name, a normal channel's to the
+    /// next server in turn (as channels_redis does).
+    fn send_one(&self, channel: &str, message: &Message) -> Result<(usize, SendOne), MessageError> {
+        let (key, asgi, server) = if is_process_specific(channel) {
+            let non_local = non_local_name(channel);
+            (
+                self.key(non_local),
+                AsgiChannel::One(channel),
+                self.server_for(non_local),
+            )
+        } else {
+            (self.key(channel), AsgiChannel::None, self.round_robin())
+        };
+        let member = self
+            .codec
+            .pack(message, asgi)
+            .map_err(|e| MessageError::Encode(e.to_string()))?;
+        let now = wall_clock();
+        let send = SendOne {
+            key,
+            member,
+            score: now,
+            cutoff: now - self.expiry_secs(),
+            capacity: self.layer_config().capacity_for(channel),
+            ttl_millis: self.ttl_millis(),
+        };
+        Ok((server, send))
+    }
+
+    /// Checks a send and builds what it stores.
+    fn prepare_send(
+        &self,
+        channel: &str,
+        message: Message,
+    ) -> Result<(Message, usize, SendOne), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed { message });
+        }
+        if let Err(error) = validate_channel(channel) {
+            return Err(SendError::InvalidName { error, message });
+        }
+        if let Err(error) = message.check_reserved() {
+            return Err(SendError::InvalidMessage { error, message });
+        }
+        match self.send_one(channel, &message) {
+            Ok((server, send)) => Ok((message, server, send)),
+            Err(error) => Err(SendError::InvalidMessage { error, message }),
+        }
+    }
+
+    /// A send on the caller's thread, over a pooled connection: one round trip, bounded by
+    /// the operation timeout.
+    pub(super) fn send_blocking(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        let (message, server, send) = self.prepare_send(channel, message)?;
+        let capacity = send.capacity;
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(&scripts().send.sha)
+            .arg(1)
+            .arg(&send.key)
+            .arg(send.member)
+            .arg(send.score)
+            .arg(send.cutoff)
+            .arg(send.capacity)
+            .arg(send.ttl_millis);
+        let reply = self.servers[server].commands.run(&[cmd]);
+        self.sent(channel, &send.key, capacity, message, reply)
+    }
+
+    /// A send through the command thread, which bundles it with the other sends queued for the
+    /// same key into one script call.
+    pub(super) async fn send_async(
+        &self,
+        channel: &str,
+        message: Message,
+    ) -> Result<(), SendError> {
+        let (message, server, send) = self.prepare_send(channel, message)?;
+        let (capacity, key) = (send.capacity, send.key.clone());
+        let reply = self.servers[server].commands.send_async(send).await;
+        self.sent(channel, &key, capacity, message, reply)
+    }
+
+    /// Reads the send script's answer `[added, expired]` and counts it.
+    fn sent(
+        &self,
+        channel: &str,
+        key: &str,
+        capacity: usize,
+        message: Message,
+        reply: Result<Vec<RedisValue>, BackendError>,
+    ) -> Result<(), SendError> {
+        let what = format!("sending to redis key {key:?}");
+        let outcome = reply.and_then(|values| ints(one_value(values, &what)?, &what));
+        if let Ok(counts) = &outcome {
+            let expired = counts.get(1).copied().unwrap_or(0);
+            Counters::add(&self.counters.expired, u64::try_from(expired).unwrap_or(0));
+        }
+        match outcome.map(|counts| counts.first().copied()) {
+            Ok(Some(1)) => {
+                Counters::add(&self.counters.sent, 1);
+                Ok(())
+            }
+            Ok(_) => {
+                Counters::add(&self.counters.rejected_full, 1);
+                Err(SendError::Full {
+                    channel: Arc::from(channel),
+                    capacity,
+                    message,
+                })
+            }
+            Err(error) => Err(SendError::Backend { error, message }),
+        }
+    }
+}
