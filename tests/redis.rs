@@ -259,3 +259,28 @@ fn group_delivery_skips_a_wrong_type_member_and_delivers_to_the_others() {
     }
     assert_eq!(layer.metrics().group_skipped_failed, 1);
 }
+
+/// A server that needs credentials, reached without any: one clear line, said once.
+#[test]
+fn missing_credentials_are_one_line_said_once() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", "sesame"]) else {
+        return;
+    };
+    let layer = RedisLayer::from_url(&server.url()).unwrap();
+    let err = layer.send("a", Message::new("x")).unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert_eq!(text.matches("NOAUTH").count(), 1, "{text}");
+    assert!(!err.is_transient(), "{err:?}");
+    let err = layer.group_add("g", "a").unwrap_err();
+    assert_eq!(err.to_string().matches("NOAUTH").count(), 1, "{err}");
+    let good =
+        RedisLayer::from_url(&format!("redis://:sesame@127.0.0.1:{}/0", server.port())).unwrap();
+    good.send("a", Message::new("x")).unwrap();
+    let wrong =
+        RedisLayer::from_url(&format!("redis://:nope@127.0.0.1:{}/0", server.port())).unwrap();
+    let err = wrong.send("a", Message::new("x")).unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert_eq!(text.matches("WRONGPASS").count(), 1, "{text}");
+}

@@ -605,3 +605,46 @@ fn a_worker_keeps_serving_across_a_restart() {
     let report = worker.shutdown(Duration::from_secs(2));
     let _ = report;
 }
+
+/// The reproduction: the CLI's `receive` waits across a restart of redis-server and prints
+/// the message a Python channels_redis peer sends once the server is back.
+#[test]
+fn a_cli_receive_waits_across_a_restart_for_a_python_sender() {
+    use std::process::{Command, Stdio};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let cli = support::example::example_binary("cli");
+    let child = Command::new(cli)
+        .args([
+            "--url",
+            &server.url(),
+            "receive",
+            "faults.a",
+            "--timeout",
+            "25",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the cli runs");
+    thread::sleep(Duration::from_millis(500));
+    server.kill();
+    thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let Some(mut peer) = support::python::PythonPeer::spawn(serde_json::json!({
+        "hosts": [server.url()],
+    })) else {
+        return;
+    };
+    peer.send("faults.a", &Message::new("after.restart").with("n", 7))
+        .expect("python sends");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the receive failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("after.restart"), "{stdout}");
+}
