@@ -635,6 +635,9 @@ fn a_cli_receive_waits_across_a_restart_for_a_python_sender() {
     let Some(mut peer) = support::python::PythonPeer::spawn(serde_json::json!({
         "hosts": [server.url()],
     })) else {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
         return;
     };
     peer.send("faults.a", &Message::new("after.restart").with("n", 7))
