@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
-use crate::config::LayerConfig;
+use crate::config::{redacted_url, url_scheme};
 use crate::error::BuildError;
 use crate::layer::ChannelLayer;
 use crate::memory::InMemoryLayer;
@@ -46,44 +46,40 @@ impl AnyLayer {
     /// | URL | backend |
     /// |---|---|
     /// | `memory://` (or `memory:`) | [`InMemoryLayer`] |
-    /// | `redis://`, `rediss://`, `unix://` (feature `redis`) | `RedisLayer` |
+    /// | `redis://`, `rediss://`, `unix://`, `redis+unix://` (feature `redis`) | `RedisLayer`, see `RedisConfig::from_url` |
     /// | a scheme given to [`register_backend`] | that backend |
     ///
     /// Query parameters set options; every backend takes `capacity`, `expiry` and
-    /// `group_expiry` (seconds). An unknown parameter is an error, never ignored.
+    /// `group_expiry` (seconds), read by one parser ([`crate::parse_url_params`]) and checked
+    /// against the bounds of [`crate::LayerConfig::validate`]. An unknown parameter is an
+    /// error, never ignored. Only the scheme is read here; the backend reads the rest, so a
+    /// Redis URL may name several servers (`redis://h1:6379,h2:6379/0`).
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for an unparsable URL, an unknown scheme or parameter, or a bad value.
+    /// [`BuildError`] for a URL without a scheme, an unknown scheme (the error lists the known
+    /// ones), a backend whose feature is off, an unknown parameter or a bad value.
     pub fn from_url(url: &str) -> Result<Self, BuildError> {
-        let parsed = url::Url::parse(url).map_err(|e| BuildError::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let scheme = parsed.scheme();
+        let scheme = url_scheme(url)?;
         if scheme == "memory" {
             return InMemoryLayer::from_url(url).map(AnyLayer::new);
         }
-        if let Some(factory) = registry().read().get(scheme) {
+        let registered = registry().read().get(&scheme).copied();
+        if let Some(factory) = registered {
             return factory(url);
         }
-        #[cfg(feature = "redis")]
-        if matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+        if REDIS_SCHEMES.contains(&scheme.as_str()) {
+            #[cfg(feature = "redis")]
             return crate::redis::RedisLayer::from_url(url).map(AnyLayer::new);
-        }
-        #[cfg(not(feature = "redis"))]
-        if matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+            #[cfg(not(feature = "redis"))]
             return Err(BuildError::FeatureDisabled {
-                scheme: scheme.to_owned(),
+                scheme,
                 feature: "redis",
             });
         }
-        let mut known: Vec<String> = registry().read().keys().cloned().collect();
-        known.push("memory".into());
-        known.sort();
         Err(BuildError::UnknownScheme {
-            scheme: scheme.to_owned(),
-            known: known.join(", "),
+            scheme,
+            known: known_schemes().join(", "),
         })
     }
 
@@ -92,11 +88,16 @@ impl AnyLayer {
     ///
     /// # Errors
     ///
-    /// As [`AnyLayer::from_url`].
+    /// As [`AnyLayer::from_url`]; and [`BuildError::InvalidUrl`] when the variable is set but
+    /// not valid UTF-8 (that is not a reason to fall back to `memory://`).
     pub fn from_env(var: &str) -> Result<Self, BuildError> {
         match std::env::var(var) {
             Ok(url) if !url.trim().is_empty() => AnyLayer::from_url(url.trim()),
-            _ => AnyLayer::from_url("memory://"),
+            Ok(_) | Err(std::env::VarError::NotPresent) => AnyLayer::from_url("memory://"),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(BuildError::InvalidUrl {
+                url: redacted_url(&raw.to_string_lossy()),
+                reason: format!("the environment variable {var} is not valid UTF-8"),
+            }),
         }
     }
 
@@ -122,6 +123,22 @@ impl From<InMemoryLayer> for AnyLayer {
     }
 }
 
+/// The schemes of the Redis backend.
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "unix", "redis+unix"];
+
+/// The schemes this build can open, sorted: `memory`, the Redis ones when the `redis` feature
+/// is on, and every registered one.
+fn known_schemes() -> Vec<String> {
+    let mut known: Vec<String> = registry().read().keys().cloned().collect();
+    known.push("memory".into());
+    if cfg!(feature = "redis") {
+        known.extend(REDIS_SCHEMES.iter().map(|s| (*s).to_owned()));
+    }
+    known.sort();
+    known.dedup();
+    known
+}
+
 /// Builds a layer from a URL; see [`register_backend`].
 pub type BackendFactory = fn(&str) -> Result<AnyLayer, BuildError>;
 
@@ -132,9 +149,10 @@ fn registry() -> &'static RwLock<HashMap<String, BackendFactory>> {
 
 /// Makes [`AnyLayer::from_url`] build URLs with `scheme` through `factory`, so a third-party
 /// backend plugs in behind the same constructor. A later registration of the same scheme
-/// replaces the earlier one; `memory` cannot be replaced.
+/// replaces the earlier one; `memory` cannot be replaced. Schemes are matched without regard
+/// to case, as URLs have them.
 ///
-/// [`parse_url_params`] helps a factory apply the common parameters.
+/// [`crate::parse_url_params`] helps a factory apply the common parameters.
 ///
 /// # Examples
 ///
@@ -149,39 +167,7 @@ fn registry() -> &'static RwLock<HashMap<String, BackendFactory>> {
 /// assert!(AnyLayer::from_url("mytest://?capacity=3").is_ok());
 /// ```
 pub fn register_backend(scheme: &str, factory: BackendFactory) {
-    registry().write().insert(scheme.to_owned(), factory);
-}
-
-/// Reads a URL's query parameters: the common ones (`capacity`, `expiry`, `group_expiry`) go
-/// into a [`LayerConfig`]; those named in `extra` are returned as `(name, value)` pairs for the
-/// backend; any other is an error.
-///
-/// # Errors
-///
-/// [`BuildError::InvalidUrl`], [`BuildError::UnknownParameter`], [`BuildError::InvalidOption`].
-pub fn parse_url_params(
-    url: &str,
-    extra: &[&str],
-) -> Result<(LayerConfig, Vec<(String, String)>), BuildError> {
-    let parsed = url::Url::parse(url).map_err(|e| BuildError::InvalidUrl {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mut config = LayerConfig::default();
-    let mut rest = Vec::new();
-    for (name, value) in parsed.query_pairs() {
-        if config.set_param(&name, &value)? {
-            continue;
-        }
-        if extra.contains(&&*name) {
-            rest.push((name.into_owned(), value.into_owned()));
-        } else {
-            return Err(BuildError::UnknownParameter {
-                scheme: parsed.scheme().to_owned(),
-                name: name.into_owned(),
-            });
-        }
-    }
-    config.validate()?;
-    Ok((config, rest))
+    registry()
+        .write()
+        .insert(scheme.to_ascii_lowercase(), factory);
 }

@@ -244,10 +244,10 @@ pub mod service;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use crate::any::{AnyLayer, BackendFactory, parse_url_params, register_backend};
+pub use crate::any::{AnyLayer, BackendFactory, register_backend};
 pub use crate::config::{
     CapacityRule, DEFAULT_CAPACITY, DEFAULT_EXPIRY, DEFAULT_GROUP_EXPIRY, LayerConfig,
-    LayerConfigBuilder,
+    LayerConfigBuilder, MAX_CAPACITY, MAX_EXPIRY, MAX_GROUP_EXPIRY, parse_url_params,
 };
 pub use crate::error::{
     BackendError, BackendErrorKind, BuildError, Error, LayerError, ReceiveError, SendError,

@@ -20,7 +20,7 @@ use rand::distr::Alphanumeric;
 
 use self::groups::Groups;
 use self::store::{Key, NewChan, PaddedShard, ProcessCount, Refused, SHARDS, Shard, Wake};
-use crate::config::LayerConfig;
+use crate::config::{LayerConfig, parse_query, redacted_url};
 use crate::error::{BuildError, LayerError, ReceiveError, SendError, TryReceiveError};
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
 use crate::message::Message;
@@ -132,11 +132,13 @@ impl InMemoryLayer {
     }
 
     /// A layer from a `memory://` URL; query parameters `capacity`, `expiry` and
-    /// `group_expiry` (seconds) set the options.
+    /// `group_expiry` (seconds) set the options, read and checked as every backend reads them
+    /// (see [`crate::parse_url_params`] and the bounds of [`LayerConfig::validate`]).
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for another scheme, a host or path, an unknown parameter or a bad value.
+    /// [`BuildError`] for another scheme, a host or path, an unknown parameter, a parameter
+    /// given twice or a value out of range.
     ///
     /// # Examples
     ///
@@ -149,21 +151,20 @@ impl InMemoryLayer {
     /// # Ok::<(), channel_layer::BuildError>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self, BuildError> {
-        let parsed = url::Url::parse(url).map_err(|e| BuildError::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let bad = |reason: &str| BuildError::InvalidUrl {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
+        let bad = |reason: String| BuildError::InvalidUrl {
+            url: redacted_url(url),
+            reason,
         };
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         if parsed.scheme() != "memory" {
-            return Err(bad("the in-memory layer takes memory:// URLs"));
+            return Err(bad("the in-memory layer takes memory:// URLs".into()));
         }
         if parsed.host_str().is_some_and(|h| !h.is_empty()) || !matches!(parsed.path(), "" | "/") {
-            return Err(bad("a memory:// URL has no host or path, only ?options"));
+            return Err(bad(
+                "a memory:// URL has no host or path, only ?options".into()
+            ));
         }
-        let (config, _) = crate::any::parse_url_params(url, &[])?;
+        let (config, _) = parse_query("memory", parsed.query().unwrap_or(""), &[])?;
         Ok(InMemoryLayer::new(config))
     }
 
