@@ -17,23 +17,37 @@
 //!
 //! Messages go in and come out as one JSON object per line. JSON integers must fit a signed
 //! 64-bit integer (a larger one is an error); numbers with a fraction or an exponent are floats.
-//! Byte strings are written `{"$bytes": "<standard base64>"}` and non-finite floats
-//! `{"$float": "nan"|"inf"|"-inf"}`, both ways.
+//! An object may not have the same key twice. Byte strings are written
+//! `{"$bytes": "<standard base64>"}` and non-finite floats `{"$float": "nan"|"inf"|"-inf"}`,
+//! both ways. Malformed JSON is reported with what is wrong and where (`column 7`, or
+//! `line 2, column 3` for JSON over several lines).
+//!
+//! Any URL `AnyLayer::from_url` takes works, so the tool reaches sharded and encrypted
+//! deployments too:
+//!
+//! ```text
+//! cargo run --example cli --features redis -- --url 'redis://10.0.0.1:6379,10.0.0.2:6379/0' flush
+//! cargo run --example cli --features redis-encryption -- \
+//!     --url 'redis://10.0.0.1:6379/0?symmetric_encryption_keys_file=/run/secrets/keys' receive chat
+//! ```
 //!
 //! `receive` and `listen` wait at most `--timeout` seconds (default 10) for each message and
 //! stop after `--count` messages (default 1); `--count 0` prints messages as they arrive until
 //! `--timeout` passes with nothing more.
 //!
 //! Errors are one line on stderr, `error: ...`. The exit status is 1 when an operation fails
-//! (a full channel, a bad name or message, a timeout with nothing or fewer than `--count`
-//! messages received, an unreachable server, a bad URL) and 2 for a usage error.
+//! (a full channel, a bad name or message, malformed JSON, a timeout with nothing or fewer than
+//! `--count` messages received, an unreachable server, a bad URL) and 2 for a usage error (an
+//! unknown command or option, a missing or extra argument, an argument that is not UTF-8).
 
+use std::fmt;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use channel_layer::prelude::*;
 use channel_layer::{DEFAULT_CHANNEL_PREFIX, Map};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 
 const USAGE: &str = r#"cli: look into and drive a channel layer by URL.
@@ -61,16 +75,19 @@ Options:
   -h, --help       print this help
 
 Messages are JSON objects, one per line. Integers must fit a signed 64-bit integer (a larger
-one is an error); numbers with a fraction or an exponent are floats. Byte strings are written
-{"$bytes": "<standard base64>"}, non-finite floats {"$float": "nan"|"inf"|"-inf"}.
+one is an error); numbers with a fraction or an exponent are floats; no key may appear twice
+in an object. Byte strings are written {"$bytes": "<standard base64>"}, non-finite floats
+{"$float": "nan"|"inf"|"-inf"}.
 
 memory:// lives inside one run of this tool, so it is only useful for trying the tool: a
 message sent by one run is gone before another run can receive it. Point --url at a shared
-backend (redis://host:6379/0) to look into a deployment.
+backend to look into a deployment: redis://host:6379/0, several servers sharing the channels
+as redis://host1:6379,host2:6379/0, encrypted messages with
+?symmetric_encryption_keys=KEY (repeatable) or ?symmetric_encryption_keys_file=PATH.
 
-Exit status: 0 on success; 1 when an operation fails (full channel, bad name, bad message,
-timeout with nothing or too little received, unreachable server, bad URL); 2 on a usage
-error."#;
+Exit status: 0 on success; 1 when an operation fails (full channel, bad name, bad or malformed
+message, timeout with nothing or too little received, unreachable server, bad URL); 2 on a
+usage error (unknown command or option, wrong arguments, an argument that is not UTF-8)."#;
 
 /// Each command: its name, its positional arguments and the options it takes.
 const COMMANDS: &[(&str, &[&str], &[&str])] = &[
@@ -101,8 +118,10 @@ struct Invocation {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse(&args).and_then(|invocation| run(&invocation)) {
+    let outcome = arguments()
+        .and_then(|args| parse(&args))
+        .and_then(|invocation| run(&invocation));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Help) => {
             println!("{USAGE}");
@@ -120,6 +139,24 @@ fn main() -> ExitCode {
 }
 
 // ===== Command line =====
+
+/// The command-line arguments after the program name. One that is not UTF-8 is a usage error
+/// naming it (as best it can be shown), rather than a panic.
+fn arguments() -> Result<Vec<String>, Failure> {
+    std::env::args_os()
+        .skip(1)
+        .enumerate()
+        .map(|(i, arg)| {
+            arg.into_string().map_err(|raw| {
+                Failure::Usage(format!(
+                    "argument {} is not valid UTF-8: {:?}",
+                    i + 1,
+                    raw.to_string_lossy()
+                ))
+            })
+        })
+        .collect()
+}
 
 fn parse(args: &[String]) -> Result<Invocation, Failure> {
     // Names and JSON objects never start with '-', so any such argument is an option.
@@ -281,10 +318,18 @@ fn failed(error: impl std::error::Error) -> Failure {
 
 // ===== JSON <-> Message =====
 
+/// Reads one message from its JSON text. Every error says what is wrong and, for malformed
+/// JSON, where.
 fn parse_message(text: &str) -> Result<Message, Failure> {
     let bad = |why: String| Failure::Run(format!("bad message: {why}"));
-    let text = integer_literals(text).map_err(bad)?;
-    let value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if text.trim().is_empty() {
+        return Err(bad(
+            "the JSON text is empty; a message is a JSON object".into()
+        ));
+    }
+    let text = check_numbers(text).map_err(bad)?;
+    let Strict(value) =
+        serde_json::from_str(&text).map_err(|e| bad(describe_json_error(&text, &e)))?;
     match untag(value).map_err(bad)? {
         Value::Map(map) => Ok(Message::from_map(map)),
         other => Err(bad(format!(
@@ -294,11 +339,30 @@ fn parse_message(text: &str) -> Result<Message, Failure> {
     }
 }
 
-/// Checks that the integer literals of a JSON text (outside strings) fit `i64`, and writes
-/// `-0` as `0`: serde_json reads the first as floats (when beyond `u64`) and the second as the
-/// float `-0.0`, where a message wants an integer or an error.
-fn integer_literals(text: &str) -> Result<String, String> {
-    let (bytes, mut out, mut copied, mut i) = (text.as_bytes(), String::new(), 0, 0);
+/// Where byte `at` of `text` is, for people: `column C` (in characters, from 1) for text on one
+/// line, else `line L, column C`.
+fn position(text: &str, at: usize) -> String {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    if text.trim_end().contains('\n') {
+        let line = before.matches('\n').count() + 1;
+        format!("line {line}, column {column}")
+    } else {
+        format!("column {column}")
+    }
+}
+
+/// Checks the number literals of a JSON text (outside strings) before serde_json reads it, so
+/// that their errors can be exact: each must follow JSON's grammar, and each integer must fit
+/// `i64` (serde_json would read a larger one as a float). A `-0` is written as ` 0`: serde_json
+/// reads it as the float `-0.0` where a message wants the integer 0. Positions in the text
+/// are kept, so serde_json's error positions stay right.
+fn check_numbers(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut copied, mut i) = (0, 0);
     while i < bytes.len() {
         let start = i;
         i += 1;
@@ -316,14 +380,22 @@ fn integer_literals(text: &str) -> Result<String, String> {
                     i += 1;
                 }
                 let literal = &text[start..i];
+                if let Some(problem) = number_problem(literal) {
+                    return Err(format!(
+                        "invalid number {literal:?} at {}: {problem}",
+                        position(text, start)
+                    ));
+                }
                 let integer = !literal.contains(['.', 'e', 'E']);
                 if integer && literal.parse::<i64>().is_err() {
                     return Err(format!(
-                        "integer {literal} does not fit in a signed 64-bit integer"
+                        "integer {literal} at {} does not fit in a signed 64-bit integer",
+                        position(text, start)
                     ));
                 }
                 if literal == "-0" {
                     out.push_str(&text[copied..start]);
+                    out.push(' ');
                     copied = start + 1;
                 }
             }
@@ -332,6 +404,157 @@ fn integer_literals(text: &str) -> Result<String, String> {
     }
     out.push_str(&text[copied..]);
     Ok(out)
+}
+
+/// What is wrong with a number literal by JSON's grammar
+/// (`-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`), if anything.
+fn number_problem(literal: &str) -> Option<String> {
+    let bytes = literal.as_bytes();
+    let digits_from = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let mut i = usize::from(bytes.first() == Some(&b'-'));
+    match bytes.get(i) {
+        Some(b'0') if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            return Some("a number cannot start with 0 followed by more digits".into());
+        }
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits_from(i),
+        _ => return Some("expected a digit after '-'".into()),
+    }
+    if bytes.get(i) == Some(&b'.') {
+        if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            return Some("expected a digit after the decimal point".into());
+        }
+        i = digits_from(i + 1);
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !bytes.get(i).is_some_and(u8::is_ascii_digit) {
+            return Some("expected a digit in the exponent".into());
+        }
+        i = digits_from(i);
+    }
+    let after = literal[i..].chars().next();
+    after.map(|c| format!("unexpected {c:?} after the number {:?}", &literal[..i]))
+}
+
+/// serde_json's error in plain words, at a position in characters.
+fn describe_json_error(text: &str, error: &serde_json::Error) -> String {
+    // serde_json counts lines from 1 and columns in bytes from 1 (0 before the first byte).
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(error.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let at = line_start + error.column().saturating_sub(1);
+    let full = error.to_string();
+    let message = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(message, _)| message);
+    let plain = match message {
+        "expected ident" => "expected true, false or null",
+        "expected value" => {
+            "expected a JSON value (an object, list, string, number, true, false or null)"
+        }
+        "key must be a string" => "expected a key in double quotes",
+        "trailing characters" => "unexpected text after the end of the JSON object",
+        "trailing comma" => "a comma must be followed by another item",
+        "EOF while parsing an object" => "the text ends before the object is closed with '}'",
+        "EOF while parsing a list" => "the text ends before the list is closed with ']'",
+        "EOF while parsing a string" => "the text ends before the string is closed with '\"'",
+        "EOF while parsing a value" => "the text ends where a value should be",
+        "number out of range" => "the number is too large for a 64-bit float",
+        "recursion limit exceeded" => "nested too deeply (at most 128 levels)",
+        other => other,
+    };
+    let mut described = format!("{plain} at {}", position(text, at));
+    let rest = text.get(at..).unwrap_or("");
+    if ["NaN", "Infinity", "-Infinity", "inf", "nan"]
+        .iter()
+        .any(|word| rest.starts_with(word))
+    {
+        described.push_str(r#" (write non-finite floats as {"$float": "nan"|"inf"|"-inf"})"#);
+    }
+    described
+}
+
+/// A JSON value read strictly: integers must fit `i64` and no object may have a key twice
+/// (serde_json would keep the last one silently).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Int).map_err(|_| {
+            E::custom(format!(
+                "integer {v} does not fit in a signed 64-bit integer"
+            ))
+        })
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let Strict(value) = access.next_value()?;
+            map.insert(key, value);
+        }
+        Ok(Value::Map(map))
+    }
 }
 
 /// Turns `{"$bytes": "<base64>"}` into bytes and `{"$float": "nan"|"inf"|"-inf"}` into a
@@ -464,6 +687,30 @@ mod tests {
     }
 
     #[test]
+    fn positions_count_characters_and_lines() {
+        assert_eq!(position("abc", 0), "column 1");
+        assert_eq!(position("\u{e9}\u{e9}x", 4), "column 3");
+        assert_eq!(position("ab\ncd", 4), "line 2, column 2");
+        // A final newline does not make a one-line text multi-line.
+        assert_eq!(position("abc\n", 2), "column 3");
+        assert_eq!(position("abc", 99), "column 4");
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar() {
+        for good in [
+            "0", "-0", "7", "-12", "0.5", "1e5", "1E+5", "-1.25e-3", "10",
+        ] {
+            assert_eq!(number_problem(good), None, "{good}");
+        }
+        for bad in [
+            "-", "--1", "01", "-01", "1.", "1.e5", "1e", "1e+", "1-2", "1.2.3", "-.5",
+        ] {
+            assert!(number_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
     fn json_round_trips_through_messages() {
         let text = r#"{"type":"t","i":-3,"f":1.0,"e":1e+300,"s":"x\"y","n":null,"b":{"$bytes":"AAH/"},"l":[true,{"$float":"-inf"}],"m":{"z":1,"a":{"$float":"nan"}}}"#;
         let message = parse_message(text).ok().expect("parses");
@@ -481,6 +728,9 @@ mod tests {
             r#"{"b":{"$bytes":"!"}}"#,
             r#"{"f":{"$float":"1.5"}}"#,
             r#"{"n":18446744073709551616}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a": -}"#,
+            "",
         ] {
             assert!(parse_message(bad).is_err(), "{bad}");
         }

@@ -1,9 +1,11 @@
 //! End-to-end tests of the `cli` example (`examples/cli.rs`), run as a subprocess.
 //!
 //! The example is built once per test binary with `cargo build --example cli` (with the
-//! features this test was built with). Every test uses `memory://`: each run of the tool is
-//! its own process with its own in-memory layer, so these tests cover the command line, the
-//! JSON input checks and the errors, not a message travelling between two runs.
+//! features this test was built with). Most tests use `memory://`: each run of the tool is its
+//! own process with its own in-memory layer, so they cover the command line, the JSON input
+//! checks and the errors, not a message travelling between two runs. With the `redis`
+//! feature, messages do travel between runs, over private `redis-server` processes reached by
+//! a URL naming several servers, or with encryption keys in the URL or a key file.
 
 mod support;
 
@@ -273,5 +275,297 @@ fn unreachable_redis_is_a_one_line_error() {
         if !cfg!(feature = "redis") {
             assert!(run.stderr.contains("feature"), "{run:#?}");
         }
+    }
+}
+
+#[test]
+fn malformed_json_says_what_is_wrong_and_where() {
+    // Each: the JSON, what the error must say. Columns count characters from 1.
+    let cases: &[(&str, &[&str])] = &[
+        (
+            r#"{"a": -}"#,
+            &["invalid number \"-\" at column 7", "digit after '-'"],
+        ),
+        (r#"{"a": 1.}"#, &["at column 7", "after the decimal point"]),
+        (r#"{"a": 01}"#, &["at column 7", "cannot start with 0"]),
+        (r#"{"a": 2e+}"#, &["at column 7", "exponent"]),
+        (r#"{"a": 1-2}"#, &["\"1-2\" at column 7", "unexpected '-'"]),
+        (r#"{"a" 1}"#, &["expected `:` at column 6"]),
+        (r#"{"a": tru}"#, &["expected true, false or null"]),
+        ("{'a': 1}", &["expected a key in double quotes at column 2"]),
+        (r#"{"a": "open}"#, &["string is closed", "column 12"]),
+        (r#"{"a": [1, 2"#, &["list is closed", "column 11"]),
+        (r#"{"a": 1"#, &["object is closed"]),
+        (r#"{"a": 1,}"#, &["comma must be followed", "column 9"]),
+        (r#"{"a": [1, 2}"#, &["expected `,` or `]` at column 12"]),
+        (
+            r#"{"a": 1}}"#,
+            &["after the end of the JSON object at column 9"],
+        ),
+        (r#"{"a": +1}"#, &["expected a JSON value", "column 7"]),
+        (r#"{"a": NaN}"#, &["column 7", "$float"]),
+        (r#"{"a": "\q"}"#, &["invalid escape"]),
+        (r#"{"a": 1e999}"#, &["too large for a 64-bit float"]),
+        // Positions in characters, not bytes; and lines when the JSON has several.
+        (r#"{"é": x}"#, &["expected a JSON value", "at column 7"]),
+        (
+            "{\"a\": 1,\n \"b\": -}",
+            &["at line 2, column 7", "digit after '-'"],
+        ),
+        ("", &["empty"]),
+        ("  \t ", &["empty"]),
+    ];
+    for &(json, expected) in cases {
+        let run = memory(&["send", "chat", json]);
+        let line = assert_error(&run).to_owned();
+        assert_eq!(run.code, Some(1), "{json:?}: {run:#?}");
+        assert!(line.starts_with("error: bad message: "), "{json:?}: {line}");
+        for part in expected {
+            assert!(
+                line.contains(part),
+                "{json:?}: {part:?} missing from {line}"
+            );
+        }
+    }
+    // The same checks apply to group-send.
+    let run = memory(&["group-send", "room", r#"{"a": -}"#]);
+    assert!(assert_error(&run).contains("column 7"), "{run:#?}");
+}
+
+#[test]
+fn a_key_given_twice_is_an_error() {
+    for json in [r#"{"a":1,"a":2}"#, r#"{"m":{"k":null,"k":true}}"#] {
+        let run = memory(&["send", "chat", json]);
+        assert!(assert_error(&run).contains("duplicate key"), "{run:#?}");
+        assert_eq!(run.code, Some(1));
+    }
+    // The same key in different objects is fine.
+    assert_ok(&memory(&[
+        "send",
+        "chat",
+        r#"{"a":{"a":1},"b":[{"a":2},{"a":3}]}"#,
+    ]));
+}
+
+#[cfg(unix)]
+#[test]
+fn an_argument_that_is_not_utf8_is_a_usage_error_naming_it() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    let bad = || OsString::from_vec(b"chat\xff".to_vec());
+    let cases: [Vec<OsString>; 3] = [
+        vec![
+            "--url".into(),
+            "memory://".into(),
+            "send".into(),
+            bad(),
+            "{}".into(),
+        ],
+        vec!["--url".into(), bad(), "flush".into()],
+        vec!["receive".into(), "chat".into(), "--timeout".into(), bad()],
+    ];
+    for args in cases {
+        let output = Command::new(cli_binary())
+            .args(&args)
+            .env_remove("CHANNEL_LAYER_URL")
+            .output()
+            .expect("the cli runs");
+        let run = Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        let line = assert_error(&run).to_owned();
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        let at = args.iter().position(|a| a.to_str().is_none()).unwrap() + 1;
+        assert!(
+            line.contains(&format!("argument {at} is not valid UTF-8")),
+            "{line}"
+        );
+        assert!(line.contains("chat\u{fffd}"), "{line}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_channel_layer_url_that_is_not_utf8_is_an_error_not_memory() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    let output = Command::new(cli_binary())
+        .arg("flush")
+        .env(
+            "CHANNEL_LAYER_URL",
+            OsString::from_vec(b"redis://h\xff/0".to_vec()),
+        )
+        .output()
+        .expect("the cli runs");
+    let run = Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let line = assert_error(&run);
+    assert!(
+        line.contains("CHANNEL_LAYER_URL is not valid UTF-8"),
+        "{run:#?}"
+    );
+    assert_eq!(run.code, Some(1));
+}
+
+#[test]
+fn an_unknown_scheme_lists_the_known_ones() {
+    let run = cli(&["--url", "bogus://x", "flush"]);
+    let line = assert_error(&run);
+    assert!(line.contains("memory"), "{line}");
+    if cfg!(feature = "redis") {
+        assert!(line.contains("redis, redis+unix, rediss, unix"), "{line}");
+    }
+}
+
+#[test]
+fn out_of_range_options_in_the_url_are_errors_naming_them() {
+    for (url, option) in [
+        ("memory://?expiry=1e19", "expiry"),
+        ("memory://?capacity=18446744073709551616", "capacity"),
+        ("memory://?group_expiry=nan", "group_expiry"),
+    ] {
+        let run = cli(&["--url", url, "flush"]);
+        let line = assert_error(&run);
+        assert!(line.contains(option), "{line}");
+        assert_eq!(run.code, Some(1));
+    }
+}
+
+/// Redis deployments by URL: several servers in one URL, and encryption keys.
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    use support::redis_server::RedisServer;
+
+    fn zcard(server: &RedisServer, key: &str) -> i64 {
+        server
+            .query(&[b"ZCARD", key.as_bytes()])
+            .as_int()
+            .unwrap_or_else(|| panic!("ZCARD {key} is not an integer"))
+    }
+
+    fn on(url: &str, args: &[&str]) -> Run {
+        cli(&[&["--url", url][..], args].concat())
+    }
+
+    #[test]
+    fn a_url_with_several_servers_shards_over_them() {
+        let (Some(s1), Some(s2)) = (RedisServer::start(), RedisServer::start()) else {
+            return;
+        };
+        let url = format!(
+            "redis://127.0.0.1:{},127.0.0.1:{}/0?prefix=cli",
+            s1.port(),
+            s2.port()
+        );
+        // Group members are stored on the server their name hashes to; channels_redis's own
+        // test vectors put "key_one" on the second of two servers and "key_two" on the first.
+        for member in ["key_one", "key_two"] {
+            assert_ok(&on(&url, &["group-add", "room", member]));
+        }
+        let run = on(&url, &["group-send", "room", r#"{"type":"hello"}"#]);
+        assert_ok(&run);
+        assert_eq!(run.stdout, "delivered 2, skipped 0 (full)\n");
+        assert_eq!((zcard(&s1, "clikey_one"), zcard(&s2, "clikey_one")), (0, 1));
+        assert_eq!((zcard(&s1, "clikey_two"), zcard(&s2, "clikey_two")), (1, 0));
+        for member in ["key_one", "key_two"] {
+            let run = on(&url, &["receive", member, "--timeout", "5"]);
+            assert_ok(&run);
+            assert_eq!(run.stdout, "{\"type\":\"hello\"}\n");
+        }
+
+        // A process-specific channel: one run listens, another sends to it.
+        let mut listen = Command::new(cli_binary())
+            .args(["--url", &url, "listen", "--timeout", "10"])
+            .env_remove("CHANNEL_LAYER_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the cli runs");
+        let mut lines = BufReader::new(listen.stdout.take().expect("piped"));
+        let mut name = String::new();
+        lines.read_line(&mut name).expect("the channel name");
+        let name = name.trim_end();
+        assert!(
+            name.starts_with("specific.") && name.contains('!'),
+            "{name}"
+        );
+        assert_ok(&on(&url, &["send", name, r#"{"type":"direct","n":1}"#]));
+        let mut rest = String::new();
+        lines.read_line(&mut rest).expect("the message");
+        assert_eq!(rest, "{\"type\":\"direct\",\"n\":1}\n");
+        assert!(listen.wait().expect("listen exits").success());
+
+        // An empty host in the list is a one-line error.
+        let run = on(
+            &format!("redis://127.0.0.1:{},,127.0.0.1:{}/0", s1.port(), s2.port()),
+            &["flush"],
+        );
+        assert!(assert_error(&run).contains("empty"), "{run:#?}");
+    }
+
+    #[cfg(feature = "redis-encryption")]
+    #[test]
+    fn encryption_keys_by_url_or_file() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let base = format!("redis://127.0.0.1:{}/0?prefix=clienc", server.port());
+        let k1 = format!("{base}&symmetric_encryption_keys=k1");
+        let message = r#"{"type":"secret","text":"plain words"}"#;
+        assert_ok(&on(&k1, &["send", "vault", message]));
+        let stored = server
+            .query(&[b"ZRANGE", b"cliencvault", b"0", b"-1"])
+            .bulks();
+        assert_eq!(stored.len(), 1);
+        assert!(stored[0][12..].starts_with(b"gAAAAA"), "not a Fernet token");
+        assert!(!stored[0].windows(11).any(|w| w == b"plain words"));
+        let run = on(&k1, &["receive", "vault", "--timeout", "5"]);
+        assert_ok(&run);
+        assert_eq!(run.stdout.trim_end(), message);
+
+        // Rotated keys from a file: k2 encrypts, k1 still decrypts.
+        let dir = support::scratch_root().join("cli-keys");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("{}-keys", std::process::id()));
+        std::fs::write(&file, "k2\n\nk1\n").unwrap();
+        let rotated = format!("{base}&symmetric_encryption_keys_file={}", file.display());
+        assert_ok(&on(&k1, &["send", "vault", r#"{"type":"old"}"#]));
+        let run = on(&rotated, &["receive", "vault", "--timeout", "5"]);
+        assert_ok(&run);
+        assert_eq!(run.stdout, "{\"type\":\"old\"}\n");
+        assert_ok(&on(&rotated, &["send", "vault", r#"{"type":"new"}"#]));
+        // Only k2 reads what the rotated layer wrote: a k1-only layer drops it.
+        let run = on(&k1, &["receive", "vault", "--timeout", "0.5"]);
+        assert!(assert_error(&run).contains("timed out"), "{run:#?}");
+        let _ = std::fs::remove_file(&file);
+
+        // A missing key file is a one-line error naming it.
+        let missing = format!("{base}&symmetric_encryption_keys_file=/nonexistent/keys");
+        let run = on(&missing, &["flush"]);
+        assert!(assert_error(&run).contains("/nonexistent/keys"), "{run:#?}");
+    }
+
+    #[cfg(not(feature = "redis-encryption"))]
+    #[test]
+    fn encryption_keys_without_the_feature_say_which_feature_is_needed() {
+        let run = on(
+            "redis://127.0.0.1:1/0?symmetric_encryption_keys=k1",
+            &["flush"],
+        );
+        let line = assert_error(&run);
+        assert!(line.contains("redis-encryption"), "{line}");
+        assert!(!line.contains("k1"), "the key is shown: {line}");
     }
 }
