@@ -9,11 +9,11 @@ use regex::Regex;
 
 use crate::error::BuildError;
 
-/// Default message expiry: 60 seconds (spec sheet §1.6).
+/// Default message expiry: 60 seconds ([contract §1.6](crate::contract)).
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(60);
-/// Default group membership expiry: 86,400 seconds, one day (spec sheet §1.2).
+/// Default group membership expiry: 86,400 seconds, one day ([contract §1.2](crate::contract)).
 pub const DEFAULT_GROUP_EXPIRY: Duration = Duration::from_secs(86_400);
-/// Default channel capacity: 100 messages (spec sheet §1.6).
+/// Default channel capacity: 100 messages ([contract §1.6](crate::contract)).
 pub const DEFAULT_CAPACITY: usize = 100;
 
 /// Seconds in a day, to write the bounds below.
@@ -52,7 +52,7 @@ enum Pattern {
 /// A capacity for the channels whose full name matches a pattern.
 ///
 /// Rules are tried in the order they were added and the first match wins; a name no rule
-/// matches gets [`LayerConfig::capacity`]. As in Django Channels (spec sheet §1.6):
+/// matches gets [`LayerConfig::capacity`]. As in Django Channels ([contract §1.6](crate::contract)):
 /// - a **glob** matches the whole name; `*` matches any run of characters (including `.` and
 ///   `!`), `?` one character, `[abc]` / `[!abc]` a set or its complement;
 /// - a **regex** (the `regex` crate's syntax) matches at the start of the name, like Python's
@@ -60,7 +60,7 @@ enum Pattern {
 ///
 /// For a process-specific channel (`prefix!local`) the rule is matched against the full name,
 /// and the capacity it gives bounds the messages queued for the whole non-local part `prefix!`
-/// (spec sheet §1.3).
+/// ([contract §1.3](crate::contract)).
 #[derive(Clone)]
 pub struct CapacityRule {
     pattern: Pattern,

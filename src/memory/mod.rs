@@ -54,7 +54,7 @@ const RANDOM_LEN: usize = 12;
 ///   specification says (Django counts each full name separately).
 /// - An expired message does not remove its channel from groups (channels_redis does not
 ///   either); membership lapses only `group_expiry` after the latest `group_add`.
-/// - `channel_capacity` rules work (Django's in-memory layer never compiles them, spec §1.6).
+/// - `channel_capacity` rules work (Django's in-memory layer never compiles them, [contract §1.6](crate::contract)).
 ///
 /// # Examples
 ///

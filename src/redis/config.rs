@@ -59,7 +59,7 @@ const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 pub struct RedisConfig {
     /// The servers, as `redis://[user:password@]host[:port][/db]`, `rediss://...` (needs the
     /// client's TLS support) or `unix:///path/to/socket[?db=N]`, one address per entry. More
-    /// than one shards the channels over them with channels_redis's hash (spec §3.8).
+    /// than one shards the channels over them with channels_redis's hash ([contract §3.8](crate::contract)).
     pub hosts: Vec<String>,
     /// Prepended to every key (`asgi`): must be the same in every process sharing the layer.
     pub prefix: String,
