@@ -5,7 +5,9 @@
 //! the Rust [`RedisLayer`] next to it (same prefix, capacity, expiry, keys), and proves that
 //! both directions work: normal channels, process-specific channels minted on either side,
 //! groups with members on both sides, capacity, expiry, encryption, undecodable bytes, and
-//! sharding over two servers (channels_redis issue #221).
+//! sharding over two servers (channels_redis issue #221). The last tests configure the Rust
+//! side by URL alone, as a deployment would: two servers in one URL, and encryption keys as
+//! URL parameters or in a key file.
 //!
 //! When redis-server or the Python venv is unavailable the tests are skipped with a message,
 //! unless `CHANNEL_LAYER_REQUIRE_SERVICES=1`, which turns the skip into a failure.
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use channel_layer::redis::{RedisConfig, RedisLayer};
 use channel_layer::{
-    ChannelLayer, ChannelLayerExt, GroupSendReport, Map, Message, ReceiveError, SendError, Value,
+    AnyLayer, ChannelLayer, ChannelLayerExt, GroupSendReport, Map, Message, ReceiveError,
+    SendError, Value,
 };
 use serde_json::json;
 use support::python::{PythonPeer, same_content};
@@ -82,6 +85,29 @@ impl Settings {
         #[cfg(not(feature = "redis-encryption"))]
         assert!(self.keys.is_empty(), "encryption needs redis-encryption");
         RedisLayer::new(config).expect("a valid configuration")
+    }
+
+    /// The Rust layer on `servers`, configured by URL alone (`AnyLayer::from_url`): one
+    /// server, or several in one URL (`redis://127.0.0.1:P1,127.0.0.1:P2/0`), with the prefix,
+    /// capacity, expiry and keys as query parameters, and anything in `extra` appended.
+    fn rust_by_url(&self, servers: &[&RedisServer], extra: &str) -> AnyLayer {
+        let hosts: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        let mut url = format!(
+            "redis://{}/0?prefix={}&capacity={}&expiry={}",
+            hosts.join(","),
+            self.prefix,
+            self.capacity,
+            self.expiry_secs
+        );
+        for key in &self.keys {
+            url.push_str("&symmetric_encryption_keys=");
+            url.extend(url::form_urlencoded::byte_serialize(key.as_bytes()));
+        }
+        url.push_str(extra);
+        AnyLayer::from_url(&url).unwrap_or_else(|e| panic!("{url}: {e}"))
     }
 
     /// The Python peer on `hosts`, or `None` when the venv is unavailable (skip rule applied).
@@ -198,7 +224,7 @@ fn zadd_now(server: &RedisServer, key: &str, member: &[u8]) {
     assert_eq!(reply.as_int(), Some(1), "ZADD {key}: {reply:?}");
 }
 
-fn rust_receive(layer: &RedisLayer, channel: &str) -> Message {
+fn rust_receive(layer: &impl ChannelLayer, channel: &str) -> Message {
     layer
         .receive_timeout(channel, WAIT)
         .unwrap_or_else(|e| panic!("Rust receive on {channel}: {e:?}"))
@@ -223,13 +249,13 @@ fn py_send(peer: &mut PythonPeer, channel: &str, message: &Message) {
     }
 }
 
-fn rust_send(layer: &RedisLayer, channel: &str, message: &Message) {
+fn rust_send(layer: &impl ChannelLayer, channel: &str, message: &Message) {
     if let Err(e) = layer.send(channel, message.clone()) {
         panic!("Rust send to {channel}: {e:?}");
     }
 }
 
-fn assert_rust_gets_nothing(layer: &RedisLayer, channel: &str) {
+fn assert_rust_gets_nothing(layer: &impl ChannelLayer, channel: &str) {
     match layer.receive_timeout(channel, SHORT) {
         Err(ReceiveError::Timeout) => {}
         other => panic!("Rust receive on {channel}: expected a timeout, got {other:?}"),
@@ -1406,5 +1432,257 @@ fn assert_rust_gets_nothing_within(layer: &RedisLayer, channel: &str, timeout: D
     match layer.receive_timeout(channel, timeout) {
         Err(ReceiveError::Timeout) => {}
         other => panic!("Rust receive on {channel}: expected a timeout, got {other:?}"),
+    }
+}
+
+// ===== 9. Deployments configured by URL =====
+
+/// Receives `count` messages on a normal channel of a Python layer sharded over several
+/// servers. channels_redis waits on one server per receive, taking the servers in turn, so a
+/// receive may time out while a message waits on another server; the next one looks there.
+fn py_receive_sharded(peer: &mut PythonPeer, channel: &str, count: usize) -> Vec<Message> {
+    let mut got = Vec::new();
+    let mut attempts = 0;
+    while got.len() < count {
+        attempts += 1;
+        assert!(
+            attempts <= 4 * count + 4,
+            "Python received {} of {count} on {channel} in {attempts} tries",
+            got.len()
+        );
+        match peer.receive_message(channel, SHORT) {
+            Ok(message) => got.push(message),
+            Err(e) if e == "Timeout" => {}
+            Err(e) => panic!(
+                "Python receive on {channel}: {e}\n--- peer stderr ---\n{}",
+                peer.stderr()
+            ),
+        }
+    }
+    got
+}
+
+/// The sequence numbers of `messages`, sorted (order across servers is not kept).
+fn sorted_numbers(messages: &[Message]) -> Vec<i64> {
+    let mut numbers: Vec<i64> = messages
+        .iter()
+        .map(|m| {
+            m.get("n")
+                .and_then(Value::as_i64)
+                .expect("a numbered message")
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+#[test]
+fn a_url_naming_two_servers_shards_like_a_python_host_list() {
+    let Some(s1) = RedisServer::start() else {
+        return;
+    };
+    let Some(s2) = RedisServer::start() else {
+        return;
+    };
+    let servers = [&s1, &s2];
+    let settings = Settings::new("interop9a");
+    // Python: RedisChannelLayer(hosts=[url1, url2]); Rust: redis://127.0.0.1:P1,127.0.0.1:P2/0.
+    let Some(mut peer) = settings.python(&[s1.url(), s2.url()]) else {
+        return;
+    };
+    let layer = settings.rust_by_url(&servers, "");
+    let counts = |key: &str| servers.map(|s| zcard(s, key));
+
+    // Normal channels, Python → Rust: Python's sends take the servers in turn.
+    let channels = ["interop.url-a", "interop.url-b", "interop.url-c"];
+    for channel in channels {
+        for n in 0..4 {
+            py_send(&mut peer, channel, &numbered(channel, n));
+        }
+        assert_eq!(counts(&format!("interop9a{channel}")), [2, 2], "{channel}");
+    }
+    for channel in channels {
+        let got: Vec<Message> = (0..4).map(|_| rust_receive(&layer, channel)).collect();
+        assert_eq!(sorted_numbers(&got), [0, 1, 2, 3], "{channel}");
+        assert!(got.iter().all(|m| m.message_type() == Some(channel)));
+        assert_rust_gets_nothing(&layer, channel);
+    }
+
+    // Normal channels, Rust → Python: Rust's sends take the servers in turn too.
+    let channels = ["interop.url-d", "interop.url-e", "interop.url-f"];
+    for channel in channels {
+        for n in 0..4 {
+            rust_send(&layer, channel, &numbered(channel, n));
+        }
+        let spread = counts(&format!("interop9a{channel}"));
+        assert!(
+            spread.iter().all(|&c| c > 0) && spread.iter().sum::<i64>() == 4,
+            "{channel}: {spread:?}"
+        );
+    }
+    for channel in channels {
+        let got = py_receive_sharded(&mut peer, channel, 4);
+        assert_eq!(sorted_numbers(&got), [0, 1, 2, 3], "{channel}");
+    }
+
+    // Process-specific channels minted by Rust: Python hashes the full name, so its sends
+    // land on both servers; the Rust layer polls its key on each.
+    let rust_channels: Vec<String> = (0..8)
+        .map(|_| layer.new_channel("specific").unwrap())
+        .collect();
+    for (i, name) in rust_channels.iter().enumerate() {
+        py_send(&mut peer, name, &numbered("to-rust", i as i64));
+    }
+    let spread = counts(&format!("interop9a{}", non_local(&rust_channels[0])));
+    assert_eq!(spread.iter().sum::<i64>(), 8, "{spread:?}");
+    for (i, name) in rust_channels.iter().enumerate().rev() {
+        assert_same(&rust_receive(&layer, name), &numbered("to-rust", i as i64));
+    }
+
+    // Process-specific channels minted by Python: Rust sends to the server Python listens on.
+    let python_channels: Vec<String> = (0..8).map(|_| peer.new_channel(None)).collect();
+    for (i, name) in python_channels.iter().enumerate() {
+        rust_send(&layer, name, &numbered("to-python", i as i64));
+    }
+    for (i, name) in python_channels.iter().enumerate().rev() {
+        assert_same(
+            &py_receive(&mut peer, name),
+            &numbered("to-python", i as i64),
+        );
+    }
+
+    // A group with members on both sides, added from both sides, sent to from both sides.
+    let group = "interop-url-group";
+    let (r1, r2) = (&rust_channels[0], &rust_channels[1]);
+    let (p1, p2) = (&python_channels[0], &python_channels[1]);
+    let rn = "interop.url-rust-normal";
+    layer.group_add(group, r1).unwrap();
+    layer.group_add(group, p1).unwrap();
+    layer.group_add(group, rn).unwrap();
+    peer.group_add(group, r2);
+    peer.group_add(group, p2);
+    let group_key = format!("interop9a:group:{group}");
+    assert_eq!(counts(&group_key).iter().sum::<i64>(), 5);
+    assert!(peer.group_send(group, &numbered("group", 1)).is_empty());
+    assert_eq!(
+        layer.group_send(group, numbered("group", 2)).unwrap(),
+        GroupSendReport::new(5, 0)
+    );
+    for n in 1..3 {
+        for ch in [r1.as_str(), r2.as_str(), rn] {
+            assert_same(&rust_receive(&layer, ch), &numbered("group", n));
+        }
+        for ch in [p1, p2] {
+            assert_same(&py_receive(&mut peer, ch), &numbered("group", n));
+        }
+    }
+    peer.group_discard(group, r1);
+    layer.group_discard(group, p2).unwrap();
+    assert_eq!(
+        layer.group_send(group, numbered("group", 3)).unwrap(),
+        GroupSendReport::new(3, 0)
+    );
+    assert_same(&rust_receive(&layer, r2), &numbered("group", 3));
+    assert_same(&rust_receive(&layer, rn), &numbered("group", 3));
+    assert_same(&py_receive(&mut peer, p1), &numbered("group", 3));
+    assert_rust_gets_nothing(&layer, r1);
+    assert_py_gets_nothing(&mut peer, p2);
+    assert_eq!(layer.metrics().undecodable, 0);
+}
+
+#[cfg(feature = "redis-encryption")]
+#[test]
+fn encryption_keys_from_the_url_cross_both_ways() {
+    let settings = Settings::new("interop9b").keys(&["k1"]);
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let Some(mut peer) = settings.python(&[server.url()]) else {
+        return;
+    };
+    // Rust: redis://127.0.0.1:P/0?...&symmetric_encryption_keys=k1
+    let layer = settings.rust_by_url(&[&server], "");
+    let ch = "interop.url-secret";
+    let key = format!("interop9b{ch}");
+
+    let sent = every_kind("url-encrypted py->rs", 0);
+    py_send(&mut peer, ch, &sent);
+    assert!(is_fernet(&members(&server, &key)[0]));
+    assert_same(&rust_receive(&layer, ch), &sent);
+
+    let sent = every_kind("url-encrypted rs->py", 1);
+    rust_send(&layer, ch, &sent);
+    let stored = members(&server, &key);
+    assert!(is_fernet(&stored[0]));
+    assert!(!stored[0].windows(20).any(|w| w == b"url-encrypted rs->py"));
+    assert_same(&py_receive(&mut peer, ch), &sent);
+
+    let r = layer.new_channel("specific").unwrap();
+    let p = peer.new_channel(None);
+    py_send(&mut peer, &r, &numbered("secret", 1));
+    assert_same(&rust_receive(&layer, &r), &numbered("secret", 1));
+    rust_send(&layer, &p, &numbered("secret", 2));
+    assert_same(&py_receive(&mut peer, &p), &numbered("secret", 2));
+    layer.group_add("url-secret-group", &r).unwrap();
+    peer.group_add("url-secret-group", &p);
+    assert!(
+        peer.group_send("url-secret-group", &numbered("secret", 3))
+            .is_empty()
+    );
+    assert_same(&rust_receive(&layer, &r), &numbered("secret", 3));
+    assert_same(&py_receive(&mut peer, &p), &numbered("secret", 3));
+    assert_eq!(layer.metrics().undecodable, 0);
+}
+
+/// Key rotation, with the Rust keys given as two URL parameters or as a key file: Rust
+/// configured `k2, k1` reads what Python with `[k1]` wrote, Python with `[k2, k1]` reads what
+/// Rust wrote, and Python with only `[k1]` cannot, since the first key encrypts.
+#[cfg(feature = "redis-encryption")]
+#[test]
+fn rotated_keys_from_the_url_or_a_key_file_agree_with_multifernet() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let old = Settings::new("interop9c").keys(&["k1"]);
+    let new = Settings::new("interop9c").keys(&["k2", "k1"]);
+    let Some(mut old_peer) = old.python(&[server.url()]) else {
+        return;
+    };
+    let Some(mut new_peer) = new.python(&[server.url()]) else {
+        return;
+    };
+
+    let dir = support::scratch_root().join("interop-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}-rotated", std::process::id()));
+    // One key per line; blank lines and the whitespace around a key are ignored.
+    std::fs::write(&file, "k2\n\n  k1  \n").unwrap();
+    let file_param = format!(
+        "&symmetric_encryption_keys_file={}",
+        url::form_urlencoded::byte_serialize(file.to_str().unwrap().as_bytes()).collect::<String>()
+    );
+    let by_params = new.rust_by_url(&[&server], "");
+    let by_file = Settings::new("interop9c").rust_by_url(&[&server], &file_param);
+    let _ = std::fs::remove_file(&file);
+
+    for (form, layer) in [("parameters", &by_params), ("key file", &by_file)] {
+        let ch = format!("interop.rotation-{}", form.replace(' ', "-"));
+        old_peer.send(&ch, &numbered("from old python", 0)).unwrap();
+        assert_same(&rust_receive(layer, &ch), &numbered("from old python", 0));
+
+        rust_send(layer, &ch, &numbered("from rust", 1));
+        assert_same(&py_receive(&mut new_peer, &ch), &numbered("from rust", 1));
+
+        rust_send(layer, &ch, &numbered("from rust", 2));
+        assert_eq!(
+            old_peer.receive(&ch, WAIT).map(drop),
+            Err("InvalidToken".to_owned()),
+            "{form}: Rust did not encrypt with its first key"
+        );
+
+        // What the rotated Python writes with k2, Rust reads.
+        new_peer.send(&ch, &numbered("from new python", 3)).unwrap();
+        assert_same(&rust_receive(layer, &ch), &numbered("from new python", 3));
+        assert_eq!(layer.metrics().undecodable, 0, "{form}");
     }
 }
