@@ -284,3 +284,12 @@ fn missing_credentials_are_one_line_said_once() {
     assert!(!text.contains('\n'), "{text}");
     assert_eq!(text.matches("WRONGPASS").count(), 1, "{text}");
 }
+
+/// A layer's `Debug` and its URL errors never show the password.
+#[test]
+fn passwords_stay_out_of_debug_output() {
+    let layer = RedisLayer::from_url("redis://user:s3cret@127.0.0.1:1/0").unwrap();
+    let shown = format!("{layer:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("127.0.0.1"), "{shown}");
+}

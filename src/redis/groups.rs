@@ -41,7 +41,14 @@ impl Inner {
         let mut expire = ::redis::cmd("EXPIRE");
         expire
             .arg(&key)
-            .arg(self.layer_config().group_expiry.as_secs().max(1));
+            // Whole seconds, rounded up, so the key never lapses before its memberships.
+            .arg(
+                self.layer_config()
+                    .group_expiry
+                    .as_millis()
+                    .div_ceil(1000)
+                    .max(1),
+            );
         Ok((self.server_for(group), vec![zadd, expire]))
     }
 

@@ -210,7 +210,16 @@ impl RedisLayer {
 impl fmt::Debug for RedisLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLayer")
-            .field("hosts", &self.inner.config.hosts)
+            .field(
+                "hosts",
+                &self
+                    .inner
+                    .config
+                    .hosts
+                    .iter()
+                    .map(|h| crate::config::redacted_url(h))
+                    .collect::<Vec<_>>(),
+            )
             .field("prefix", &self.inner.config.prefix)
             .field("client_prefix", &self.inner.client_prefix)
             .finish_non_exhaustive()

@@ -60,7 +60,7 @@ impl Endpoint {
     /// trust for `rediss://` instead of the system's roots.
     pub(crate) fn new(url: &str, tls_ca: Option<&[u8]>) -> Result<Self, BuildError> {
         let invalid = |reason: String| BuildError::InvalidUrl {
-            url: url.to_owned(),
+            url: crate::config::redacted_url(url),
             reason,
         };
         let client = ::redis::Client::open(url).map_err(|e| invalid(e.to_string()))?;
