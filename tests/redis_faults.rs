@@ -318,22 +318,37 @@ fn check_recovered(layer: &RedisLayer) {
     assert_eq!(got.message_type(), Some("check"));
 }
 
+/// Runs traffic on a fresh layer for `url` across `fault`, then checks the accounting, the
+/// receive that waited across the fault, and that the same layer recovered. Returns the layer
+/// and what it counted lost.
+fn across_a_fault(
+    server: &RedisServer,
+    url: &str,
+    name: &str,
+    fault: impl FnOnce(&RedisServer, &RedisLayer),
+) -> (RedisLayer, u64) {
+    let layer = layer(url);
+    let waiting = waiting_receive(&layer, "faults.after");
+    let traffic = Traffic::start(&layer);
+    thread::sleep(Duration::from_millis(500));
+    fault(server, &layer);
+    thread::sleep(Duration::from_millis(700));
+    let (_, _, _, lost) = traffic.finish(name, &layer);
+    check_waiting_receive(url, "faults.after", waiting);
+    check_recovered(&layer);
+    (layer, lost)
+}
+
 #[test]
 fn kill_and_restart_on_the_same_port() {
     let Some(server) = durable_server(&[]) else {
         return;
     };
-    let layer = layer(&server.url());
-    let waiting = waiting_receive(&layer, "faults.after");
-    let traffic = Traffic::start(&layer);
-    thread::sleep(Duration::from_millis(700));
-    server.kill();
-    thread::sleep(Duration::from_secs(2));
-    server.restart();
-    thread::sleep(Duration::from_millis(700));
-    traffic.finish("kill -9 and restart", &layer);
-    check_waiting_receive(&server.url(), "faults.after", waiting);
-    check_recovered(&layer);
+    let (layer, _) = across_a_fault(&server, &server.url(), "kill -9 and restart", |s, _| {
+        s.kill();
+        thread::sleep(Duration::from_secs(2));
+        s.restart();
+    });
     let m = layer.metrics();
     assert!(m.backend_errors > 0, "the outage is counted: {m:?}");
     assert!(m.reconnects > 0, "the reconnects are counted: {m:?}");
@@ -344,17 +359,11 @@ fn connections_cut_by_the_server() {
     let Some(server) = durable_server(&[]) else {
         return;
     };
-    let layer = layer(&server.url());
-    let waiting = waiting_receive(&layer, "faults.after");
-    let traffic = Traffic::start(&layer);
-    thread::sleep(Duration::from_millis(500));
-    server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
-    thread::sleep(Duration::from_millis(500));
-    server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
-    thread::sleep(Duration::from_millis(500));
-    traffic.finish("CLIENT KILL TYPE normal", &layer);
-    check_waiting_receive(&server.url(), "faults.after", waiting);
-    check_recovered(&layer);
+    across_a_fault(&server, &server.url(), "CLIENT KILL TYPE normal", |s, _| {
+        s.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        thread::sleep(Duration::from_millis(500));
+        s.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    });
 }
 
 #[test]
@@ -436,17 +445,13 @@ fn a_frozen_server_loses_nothing_and_no_call_outlives_its_deadline() {
     }
     assert_eq!(layer.metrics().lost, 0);
 
-    let waiting = waiting_receive(&layer, "faults.after");
-    let traffic = Traffic::start(&layer);
-    thread::sleep(Duration::from_millis(500));
-    server.freeze();
-    thread::sleep(TIMEOUT + Duration::from_secs(1));
-    server.thaw();
-    thread::sleep(Duration::from_millis(700));
-    let (_, _, _, lost) = traffic.finish("SIGSTOP past the timeout, then SIGCONT", &layer);
+    let name = "SIGSTOP past the timeout, then SIGCONT";
+    let (_, lost) = across_a_fault(&server, &server.url(), name, |s, _| {
+        s.freeze();
+        thread::sleep(TIMEOUT + Duration::from_secs(1));
+        s.thaw();
+    });
     assert_eq!(lost, 0, "a frozen server loses nothing");
-    check_waiting_receive(&server.url(), "faults.after", waiting);
-    check_recovered(&layer);
 }
 
 #[test]
@@ -454,70 +459,52 @@ fn a_paused_server_holds_calls_no_longer_than_their_timeout() {
     let Some(server) = durable_server(&[]) else {
         return;
     };
-    let layer = layer(&server.url());
-    let waiting = waiting_receive(&layer, "faults.after");
-    let traffic = Traffic::start(&layer);
-    thread::sleep(Duration::from_millis(500));
-    server.command(&["CLIENT", "PAUSE", "5000", "ALL"]);
-    let t = Instant::now();
-    let err = layer.send("paused", Message::new("x"));
-    let took = t.elapsed();
-    assert!(
-        took <= TIMEOUT + SLACK,
-        "a send during a 5 s pause took {took:?} with a {TIMEOUT:?} timeout ({err:?})"
-    );
-    thread::sleep(Duration::from_secs(5));
-    traffic.finish("CLIENT PAUSE 5000", &layer);
-    check_waiting_receive(&server.url(), "faults.after", waiting);
-    check_recovered(&layer);
+    across_a_fault(&server, &server.url(), "CLIENT PAUSE 5000", |s, layer| {
+        s.command(&["CLIENT", "PAUSE", "5000", "ALL"]);
+        let t = Instant::now();
+        let result = layer.send("paused", Message::new("x"));
+        let took = t.elapsed();
+        assert!(
+            took <= TIMEOUT + SLACK,
+            "a send during a 5 s pause took {took:?} with a {TIMEOUT:?} timeout ({result:?})"
+        );
+        thread::sleep(Duration::from_secs(5));
+    });
 }
 
 #[test]
 fn a_restart_with_a_changed_password() {
-    let Some(server) = durable_server(&["--requirepass", "first"]) else {
+    let durable = ["--appendonly", "yes", "--appendfsync", "always"];
+    let with_password = |p: &'static str| {
+        let mut args = durable.to_vec();
+        args.extend(["--requirepass", p]);
+        args
+    };
+    let Some(server) = RedisServer::start_with(&with_password("first")) else {
         return;
     };
     let url = format!("redis://:first@127.0.0.1:{}/0", server.port());
-    let layer = layer(&url);
-    let waiting = waiting_receive(&layer, "faults.after");
-    let traffic = Traffic::start(&layer);
-    thread::sleep(Duration::from_millis(500));
-    server.restart_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--requirepass",
-        "second",
-    ]);
-    // With the wrong password, calls fail with a one-line refusal, and fail fast.
-    thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    let err = layer.send("faults.auth", Message::new("x")).unwrap_err();
-    assert!(t.elapsed() < TIMEOUT, "took {:?}", t.elapsed());
-    let text = err.to_string();
-    assert!(!text.contains('\n'), "one line: {text}");
-    assert!(
-        text.matches("WRONGPASS").count() + text.matches("NOAUTH").count() <= 1,
-        "said once: {text}"
-    );
-    assert!(
-        !err.is_transient(),
-        "a refused login will fail again: {err:?}"
-    );
-    thread::sleep(Duration::from_secs(1));
-    server.restart_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--requirepass",
-        "first",
-    ]);
-    thread::sleep(Duration::from_millis(700));
-    traffic.finish("restart with a changed password, then back", &layer);
-    check_waiting_receive(&url, "faults.after", waiting);
-    check_recovered(&layer);
+    let name = "restart with a changed password, then back";
+    across_a_fault(&server, &url, name, |s, layer| {
+        s.restart_with(&with_password("second"));
+        // With the wrong password, calls fail with a one-line refusal, and fail fast.
+        thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let err = layer.send("faults.auth", Message::new("x")).unwrap_err();
+        assert!(t.elapsed() < TIMEOUT, "took {:?}", t.elapsed());
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(
+            text.matches("WRONGPASS").count() + text.matches("NOAUTH").count() <= 1,
+            "said once: {text}"
+        );
+        assert!(
+            !err.is_transient(),
+            "a refused login will fail again: {err:?}"
+        );
+        thread::sleep(Duration::from_secs(1));
+        s.restart_with(&with_password("first"));
+    });
 }
 
 fn thread_count() -> usize {
