@@ -114,6 +114,7 @@ impl Endpoint {
     }
 
     /// The server, as `host:port` or a socket path.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
