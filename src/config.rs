@@ -713,7 +713,7 @@ impl LayerConfigBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -780,7 +780,7 @@ mod tests {
     }
 
     /// The option an error names, its value as shown and the reason.
-    fn invalid(result: Result<impl fmt::Debug, BuildError>) -> (String, String, String) {
+    pub(crate) fn invalid(result: Result<impl fmt::Debug, BuildError>) -> (String, String, String) {
         match result {
             Err(BuildError::InvalidOption {
                 name,

@@ -25,6 +25,16 @@ struct Run {
     stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(output: std::process::Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs the tool with `args`, `CHANNEL_LAYER_URL` unset.
 fn cli(args: &[&str]) -> Run {
     cli_with_env(args, None)
@@ -37,12 +47,7 @@ fn cli_with_env(args: &[&str], url_env: Option<&str>) -> Run {
     if let Some(url) = url_env {
         command.env("CHANNEL_LAYER_URL", url);
     }
-    let output = command.output().expect("the cli runs");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(command.output().expect("the cli runs"))
 }
 
 /// Asserts that the run succeeded quietly on stderr.
@@ -371,11 +376,7 @@ fn an_argument_that_is_not_utf8_is_a_usage_error_naming_it() {
             .env_remove("CHANNEL_LAYER_URL")
             .output()
             .expect("the cli runs");
-        let run = Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
+        let run = Run::from(output);
         let line = assert_error(&run).to_owned();
         assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
         let at = args.iter().position(|a| a.to_str().is_none()).unwrap() + 1;
@@ -401,11 +402,7 @@ fn a_channel_layer_url_that_is_not_utf8_is_an_error_not_memory() {
         )
         .output()
         .expect("the cli runs");
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let run = Run::from(output);
     let line = assert_error(&run);
     assert!(
         line.contains("CHANNEL_LAYER_URL is not valid UTF-8"),

@@ -539,17 +539,7 @@ fn read_key_file(name: &str, path: &str) -> Result<Vec<String>, BuildError> {
 mod tests {
     use super::*;
 
-    /// The option an error names, its value as shown and the reason.
-    fn invalid(result: Result<RedisConfig, BuildError>) -> (String, String, String) {
-        match result {
-            Err(BuildError::InvalidOption {
-                name,
-                value,
-                reason,
-            }) => (name, value, reason),
-            other => panic!("expected InvalidOption, got {other:?}"),
-        }
-    }
+    use crate::config::tests::invalid;
 
     fn invalid_url(result: Result<RedisConfig, BuildError>) -> String {
         match result {

@@ -221,13 +221,7 @@ impl Inner {
             };
             let mut failure = None;
             for (rx, deadline) in self.submit_take(channel, count, taking) {
-                let outcome = match rx.recv(Some(deadline)).await {
-                    Ok(result) => result.map(drop),
-                    Err(_) => Err(BackendError::new(
-                        crate::error::BackendErrorKind::Timeout,
-                        "redis did not answer in time",
-                    )),
-                };
+                let outcome = super::conn::thread::wait_for(rx, deadline).await;
                 failure = failure.or(outcome.err());
             }
             if let Some(e) = failure {

@@ -133,7 +133,7 @@ impl Commands {
                 "the redis connection thread has stopped",
             )));
         }
-        flatten(rx.recv(Some(deadline)).await)
+        wait_for(rx, deadline).await
     }
 
     /// Runs commands in one round trip on the calling thread, blocking it for at most the
@@ -164,8 +164,16 @@ impl Commands {
         then: Option<Then>,
     ) -> Result<Vec<Value>, BackendError> {
         let (rx, deadline) = self.submit(cmds, then);
-        flatten(rx.recv(Some(deadline)).await)
+        wait_for(rx, deadline).await
     }
+}
+
+/// The replies of a queued job, or a typed error at `deadline` (the job may still run).
+pub(crate) async fn wait_for(
+    rx: oneshot::Receiver<Result<Vec<Value>, BackendError>>,
+    deadline: Instant,
+) -> Result<Vec<Value>, BackendError> {
+    flatten(rx.recv(Some(deadline)).await)
 }
 
 fn flatten(
