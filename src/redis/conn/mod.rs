@@ -160,6 +160,8 @@ impl Pool {
         }
         if let Some((at, e)) = &*self.failed.lock() {
             if at.elapsed() < RECONNECT_PAUSE {
+                // A failure the caller sees, counted; not reported again as an event.
+                Counters::add(&self.counters.backend_errors, 1);
                 return Err(e.clone());
             }
         }

@@ -166,6 +166,7 @@ impl Endpoint {
         let mut conn = Connection {
             stream,
             parser: Parser::new(),
+            read_timeout: None,
         };
         let mut setup = Vec::new();
         if let Some(password) = &self.password {
@@ -305,7 +306,14 @@ impl Write for Stream {
 pub(crate) struct Connection {
     stream: Stream,
     parser: Parser,
+    /// The socket's read timeout as last set, so a pipeline's many replies (mostly already
+    /// buffered) do not each cost a system call.
+    read_timeout: Option<Duration>,
 }
+
+/// How far the socket's read timeout may lag behind the time left before it is set again: a
+/// read may end this much after its deadline.
+const TIMEOUT_LAG: Duration = Duration::from_millis(1);
 
 impl Connection {
     /// Whether the server still holds the connection open, seen without a round trip: an idle
@@ -378,10 +386,18 @@ impl Connection {
     }
 
     fn read(&mut self, deadline: Option<Instant>) -> Result<Value, BackendError> {
-        self.stream
-            .socket()
-            .set_read_timeout(deadline.map(remaining))
-            .map_err(|e| BackendError::new(io_kind(&e), format!("reading from redis: {e}")))?;
+        let wanted = deadline.map(remaining);
+        let stale = match (self.read_timeout, wanted) {
+            (Some(set), Some(wanted)) => set > wanted + TIMEOUT_LAG || set < wanted,
+            (set, wanted) => set != wanted,
+        };
+        if stale {
+            self.stream
+                .socket()
+                .set_read_timeout(wanted)
+                .map_err(|e| BackendError::new(io_kind(&e), format!("reading from redis: {e}")))?;
+            self.read_timeout = wanted;
+        }
         self.parser.parse_value(&mut self.stream).map_err(|e| {
             let kind = if e.is_timeout() {
                 BackendErrorKind::Timeout
