@@ -138,8 +138,8 @@ fn p2p_crossbeam(producers: usize, consumers: usize, n: usize) -> f64 {
 const MEMBERS: usize = 100;
 
 fn fanout_layer(group_sends: usize, process_specific: bool) -> f64 {
-    // All members share the non-local part `member.<process>!`, whose capacity bounds them
-    // together (contract §1.3): set it above the run's size, as the peers' scripts do.
+    // Each member holds a whole run's group sends unread: set the capacity above that, as
+    // the peers' scripts do.
     let layer = layer(group_sends * MEMBERS + 1);
     let channels: Vec<String> = (0..MEMBERS)
         .map(|i| {

@@ -59,8 +59,7 @@ enum Pattern {
 ///   `re.match`; add `$` to anchor the end.
 ///
 /// For a process-specific channel (`prefix!local`) the rule is matched against the full name,
-/// and the capacity it gives bounds the messages queued for the whole non-local part `prefix!`
-/// ([contract §1.3](crate::contract)).
+/// and the capacity it gives bounds that channel alone ([contract §1.3](crate::contract)).
 #[derive(Clone)]
 pub struct CapacityRule {
     pattern: Pattern,

@@ -129,8 +129,8 @@ impl GroupSendReport {
 /// - **FIFO, at most once.** Each message goes to exactly one receiver, never twice; messages
 ///   sent by one sender to one channel are received in order.
 /// - **`send` never waits for room.** At capacity it fails with [`SendError::Full`] and the
-///   channel is unchanged. For a process-specific channel `a!b` the capacity bounds all messages
-///   queued for the non-local part `a!`.
+///   channel is unchanged. Every channel, a process-specific `a!b` included, has its own
+///   capacity, so a full or abandoned channel never costs another its messages.
 /// - **Expiry.** A message older than the layer's expiry is never delivered; it is dropped and
 ///   counted in [`MetricsSnapshot::expired`].
 /// - **Groups.** `group_send` never fails because a member is full; it reports skips in a

@@ -456,6 +456,50 @@ fn many_late_replies_are_all_counted(backend: &dyn Backend) {
     assert_eq!(store.waiting(), 1, "only the last request is left");
 }
 
+/// The reproduction: 150 requests from separate clients time out and their replies arrive
+/// late; fresh requests still succeed at once (each reply channel has its own capacity, so
+/// late replies waiting to expire never block new ones).
+fn late_replies_never_block_new_requests(backend: &dyn Backend) {
+    // Room for the 150 requests; every reply channel keeps the default capacity.
+    let config = LayerConfig::builder()
+        .channel_capacity("late.request", 1000)
+        .build()
+        .unwrap();
+    let store = backend.open(config);
+    let layer = store.layer();
+    for _ in 0..150 {
+        let err = Client::new(store.peer())
+            .request("late.request", Message::new("ping"), ms(1))
+            .unwrap_err();
+        assert!(err.is_timeout());
+    }
+    for _ in 0..150 {
+        let request = layer.receive_timeout("late.request", LONG).unwrap();
+        let reply = Message::new("pong").caused_by(&request);
+        layer.send(request.reply_channel().unwrap(), reply).unwrap();
+    }
+    let worker = Worker::builder(layer.clone())
+        .channel("late.request")
+        .handle("ping", |_, _| Ok(Some(Message::new("pong"))))
+        .start()
+        .unwrap();
+    let mut ok = 0;
+    for _ in 0..50 {
+        let client = Client::new(store.peer());
+        if client
+            .request("late.request", Message::new("ping"), Duration::from_secs(1))
+            .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    worker.shutdown(LONG);
+    assert_eq!(
+        ok, 50,
+        "fresh requests failed while late replies waited to expire"
+    );
+}
+
 fn a_reply_with_another_correlation_id_is_dropped_and_counted(backend: &dyn Backend) {
     let store = backend.open_default();
     let client = Client::new(store.peer());
@@ -855,6 +899,7 @@ macro_rules! service_tests {
             a_timeout_leaves_a_late_reply_that_is_counted_and_never_delivered,
             late_replies_are_counted_by_metrics_alone,
             many_late_replies_are_all_counted,
+            late_replies_never_block_new_requests,
             a_reply_with_another_correlation_id_is_dropped_and_counted,
             a_service_error_reply_becomes_a_service_error,
             a_full_request_channel_is_reported_and_hands_the_request_back,

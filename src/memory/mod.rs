@@ -3,7 +3,6 @@
 mod groups;
 mod store;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,20 +13,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hashbrown::DefaultHashBuilder;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::MutexGuard;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use self::groups::Groups;
-use self::store::{Key, NewChan, PaddedShard, ProcessCount, Refused, SHARDS, Shard, Wake};
+use self::store::{Key, NewChan, PaddedShard, Refused, SHARDS, Shard, Wake};
 use crate::config::{LayerConfig, parse_query, redacted_url};
 use crate::error::{BuildError, LayerError, ReceiveError, SendError, TryReceiveError};
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
 use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
-use crate::name::{
-    NameError, is_process_specific, non_local_name, validate_channel, validate_prefix,
-};
+use crate::name::{NameError, validate_channel, validate_prefix};
 use crate::runtime::{Sweep, TimerSlot, sweep_every};
 
 /// How long a blocking receive keeps looking before it parks its thread.
@@ -50,8 +47,9 @@ const RANDOM_LEN: usize = 12;
 ///
 /// # Differences from Django's `InMemoryChannelLayer`
 ///
-/// - Capacity of a process-specific channel `a!b` bounds all messages queued under `a!`, as the
-///   specification says (Django counts each full name separately).
+/// - None in capacity: every channel, a process-specific `a!b` included, holds at most its own
+///   capacity, as Django counts each full name (so a group of 300 channels of one process
+///   gets every message at capacity 100, and an unread channel never starves its siblings).
 /// - An expired message does not remove its channel from groups (channels_redis does not
 ///   either); membership lapses only `group_expiry` after the latest `group_add`.
 /// - `channel_capacity` rules work (Django's in-memory layer never compiles them, [contract §1.6](crate::contract)).
@@ -77,8 +75,6 @@ struct Inner {
     hasher: DefaultHashBuilder,
     shards: Box<[PaddedShard]>,
     groups: Groups,
-    /// The shared message count of each process-specific non-local name in use.
-    processes: Mutex<HashMap<Box<str>, Arc<ProcessCount>>>,
     closed: AtomicBool,
     process_id: String,
     next_waiter: AtomicU64,
@@ -118,7 +114,6 @@ impl InMemoryLayer {
             (config.expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let inner = Arc::new(Inner {
             groups: Groups::new(config.group_expiry),
-            processes: Mutex::new(HashMap::new()),
             config,
             hasher: DefaultHashBuilder::default(),
             shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
@@ -233,87 +228,53 @@ impl Inner {
     /// Queues a message and wakes a receiver; counts it as sent (`direct`) or group-delivered,
     /// or as rejected or skipped when full.
     ///
-    /// A process-specific channel whose non-local part is full gets one more try after the
-    /// expired messages of its sibling channels (in any shard) are dropped.
     fn deliver(
         &self,
         key: &Key<'_>,
-        mut message: Message,
+        message: Message,
         now: Instant,
         deadline: Instant,
         direct: bool,
     ) -> Result<(), Refused> {
-        let non_local = non_local_name(key.name);
-        let mut attempts_left = if is_process_specific(key.name) { 2 } else { 1 };
-        loop {
-            attempts_left -= 1;
-            let mut shard = self.shard(key);
-            match shard.push(key, message, now, deadline, || {
-                self.new_chan(key.name, direct)
-            }) {
-                Ok(wake) => {
-                    if direct {
-                        shard.stats.sent += 1;
-                    } else {
-                        shard.stats.group_deliveries += 1;
-                    }
-                    drop(shard);
-                    self.shards[key.shard()]
-                        .pushes
-                        .fetch_add(1, Ordering::Release);
-                    if let Some(w) = wake {
-                        w.wake();
-                    }
-                    return Ok(());
+        let mut shard = self.shard(key);
+        match shard.push(key, message, now, deadline, || {
+            self.new_chan(key.name, direct)
+        }) {
+            Ok(wake) => {
+                if direct {
+                    shard.stats.sent += 1;
+                } else {
+                    shard.stats.group_deliveries += 1;
                 }
-                Err(Refused::Full {
-                    channel,
-                    capacity,
-                    message: m,
-                }) if attempts_left == 0 => {
-                    if direct {
-                        shard.stats.rejected_full += 1;
-                    } else {
-                        shard.stats.group_skipped_full += 1;
-                    }
-                    return Err(Refused::Full {
-                        channel,
-                        capacity,
-                        message: m,
-                    });
+                drop(shard);
+                self.shards[key.shard()]
+                    .pushes
+                    .fetch_add(1, Ordering::Release);
+                if let Some(w) = wake {
+                    w.wake();
                 }
-                Err(Refused::Full { message: m, .. }) => {
-                    drop(shard);
-                    for other in self.shards.iter() {
-                        other
-                            .lock
-                            .lock()
-                            .prune_where(now, |name| name.starts_with(non_local));
-                    }
-                    message = m;
-                }
-                Err(refused) => return Err(refused),
+                Ok(())
             }
+            Err(full @ Refused::Full { .. }) => {
+                if direct {
+                    shard.stats.rejected_full += 1;
+                } else {
+                    shard.stats.group_skipped_full += 1;
+                }
+                Err(full)
+            }
+            Err(refused) => Err(refused),
         }
     }
 
     /// What a channel about to be made needs: its name checked (unless it is a group member,
-    /// checked when it joined), its capacity, and its process count if it has a `!`.
+    /// checked when it joined) and its capacity.
     fn new_chan(&self, channel: &str, check: bool) -> Result<NewChan, NameError> {
         if check {
             validate_channel(channel)?;
         }
-        let non_local = non_local_name(channel);
-        let process = is_process_specific(channel).then(|| {
-            let mut processes = self.processes.lock();
-            match processes.get(non_local) {
-                Some(p) => p.clone(),
-                None => processes.entry(non_local.into()).or_default().clone(),
-            }
-        });
         Ok(NewChan {
             capacity: self.config.capacity_for(channel),
-            process,
         })
     }
 
@@ -488,10 +449,6 @@ impl Sweep for Inner {
         for shard in self.shards.iter() {
             shard.lock.lock().prune_where(now, |_| true);
         }
-        // A process count that only the registry holds has no channel left.
-        self.processes
-            .lock()
-            .retain(|_, p| Arc::strong_count(p) > 1);
         self.groups.prune(now);
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! Channels are spread over [`SHARDS`] shards by the hash of their full name; each shard is one
 //! mutex, so operations on different channels rarely contend (a producer filling one member of
-//! a group and a consumer draining another do not meet). The channels of one process-specific
-//! prefix (`specific.abc!*`) share a [`ProcessCount`]: the number of messages queued under that
-//! non-local part, which is what its capacity bounds ([contract §1.3](crate::contract)).
+//! a group and a consumer draining another do not meet). Every channel, process-specific ones
+//! included, is bounded by its own capacity ([contract §1.3](crate::contract)), so a full or
+//! abandoned channel never costs another channel its messages.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 use std::thread::Thread;
 use std::time::Instant;
@@ -45,37 +45,12 @@ struct Waiter {
     wake: Wake,
 }
 
-/// The messages queued under one process-specific non-local name (`prefix!`), shared by all
-/// of its channels.
-#[derive(Debug, Default)]
-pub(crate) struct ProcessCount {
-    queued: AtomicUsize,
-}
-
-impl ProcessCount {
-    /// Takes one place if fewer than `capacity` are taken.
-    fn try_take(&self, capacity: usize) -> bool {
-        self.queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                (q < capacity).then_some(q + 1)
-            })
-            .is_ok()
-    }
-
-    fn release(&self, n: usize) {
-        if n > 0 {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-        }
-    }
-}
-
 /// One channel: its queue of `(deadline, message)` and the receivers waiting on it.
 struct Chan {
     /// Shared, so that a `Full` error can name the channel without allocating.
     name: Arc<str>,
     hash: u64,
     capacity: usize,
-    process: Option<Arc<ProcessCount>>,
     items: VecDeque<(Instant, Message)>,
     waiters: VecDeque<Waiter>,
 }
@@ -91,18 +66,13 @@ impl Chan {
         while self.items.front().is_some_and(|(d, _)| *d <= now) {
             self.items.pop_front();
         }
-        let n = before - self.items.len();
-        if let Some(p) = &self.process {
-            p.release(n);
-        }
-        n
+        before - self.items.len()
     }
 }
 
-/// What a new channel needs: its capacity and, if process-specific, its shared count.
+/// What a new channel needs: its capacity.
 pub(crate) struct NewChan {
     pub(crate) capacity: usize,
-    pub(crate) process: Option<Arc<ProcessCount>>,
 }
 
 /// Counters kept under the shard lock, so counting costs no atomic operation.
@@ -195,14 +165,13 @@ impl Shard {
         make: impl FnOnce() -> Result<NewChan, NameError>,
     ) -> Result<&mut Chan, NameError> {
         if self.chan_mut(key).is_none() {
-            let NewChan { capacity, process } = make()?;
+            let NewChan { capacity } = make()?;
             self.channels.insert_unique(
                 key.hash,
                 Chan {
                     name: key.name.into(),
                     hash: key.hash,
                     capacity,
-                    process,
                     items: VecDeque::new(),
                     waiters: VecDeque::new(),
                 },
@@ -229,15 +198,11 @@ impl Shard {
             Ok(chan) => chan,
             Err(error) => return Err(Refused::InvalidName { error, message }),
         };
-        let has_room = |chan: &mut Chan| match &chan.process {
-            Some(p) => p.try_take(chan.capacity),
-            None => chan.items.len() < chan.capacity,
-        };
-        let mut room = has_room(chan);
+        let mut room = chan.items.len() < chan.capacity;
         if !room {
             let expired = chan.prune(now);
             if expired > 0 {
-                room = has_room(chan);
+                room = chan.items.len() < chan.capacity;
                 self.stats.expired += expired as u64;
                 self.stats.queued -= expired as u64;
             }
@@ -283,9 +248,6 @@ impl Shard {
         if taken > 0 {
             stats.expired += expired as u64;
             stats.queued -= taken as u64;
-            if let Some(p) = &chan.process {
-                p.release(taken);
-            }
         }
         if found.is_some() {
             stats.received += 1;
@@ -320,9 +282,6 @@ impl Shard {
             let n = chan.items.len();
             dropped += n as u64;
             chan.items.clear();
-            if let Some(p) = &chan.process {
-                p.release(n);
-            }
             wake.extend(chan.waiters.drain(..).map(|w| w.wake));
             false
         });

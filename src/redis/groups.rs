@@ -240,7 +240,6 @@ impl Inner {
         snap.received = local.received;
         snap.expired += local.expired;
         snap.flushed += local.flushed;
-        snap.overflowed += local.rejected_full;
         snap.queued_messages = local.queued_messages;
         snap.channels = local.channels;
         snap

@@ -47,13 +47,17 @@ macro_rules! __channel_layer_cases {
             process_specific_send_receive =
                 "`new_channel` mints valid, distinct `prefix...!local` names that can be sent to \
                  and received on, also from two threads at once.";
-            process_specific_capacity_is_shared_by_non_local_part =
-                "Channels minted with one prefix share their non-local part, and the capacity \
-                 bounds all messages queued under it: with capacity 3, a fourth message to a \
-                 sibling is `Full` until one is received.";
+            process_specific_channels_have_their_own_capacity =
+                "Each process-specific channel has its own capacity: with capacity 3, a channel \
+                 holding three is `Full`, while a sibling being received on gets every message \
+                 it is sent; an unread sibling keeps at most three, and whatever it could not \
+                 keep is refused or counted once as `overflowed`.";
+            group_larger_than_capacity_reaches_every_member =
+                "A group of 300 (and of 5,000) channels minted by one layer gets every message \
+                 at the default capacity of 100: no member is skipped. Needs groups.";
             process_specific_foreign_names =
                 "Hand-written process-specific names (`p!a`, `p!b`) can be sent to and received \
-                 on, and share their non-local part's capacity. Needs \
+                 on, each with its own capacity. Needs \
                  `receive_any_process_channel`; without it, receiving on such a name must be \
                  refused as an invalid name.";
             invalid_names_rejected =

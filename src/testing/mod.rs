@@ -2,8 +2,8 @@
 //!
 //! The suite pins the contract described on [`ChannelLayer`] (and in the channel layer
 //! specification it follows): valid names, FIFO and at-most-once delivery, capacity and
-//! [`SendError::Full`](crate::SendError::Full), process-specific channels whose capacity is
-//! shared by their non-local part, groups that never fail on a full member, message and group
+//! [`SendError::Full`](crate::SendError::Full), process-specific channels each with their own
+//! capacity, groups that never fail on a full member, message and group
 //! expiry, `flush`, `close`, cancel-safe receives, and metrics that account for every message.
 //! Every case builds its layers through a [`Fixture`] and talks to them only through the
 //! [`ChannelLayer`] trait, so the same cases run against any backend.
@@ -105,7 +105,8 @@
 //! | `channel_capacity_rule` | glob and regex `channel_capacity` rules set per-channel capacities |
 //! | `full_is_counted_in_metrics` | rejected sends show in `rejected_full` |
 //! | `process_specific_send_receive` | `new_channel` names are valid, distinct, and receivable |
-//! | `process_specific_capacity_is_shared_by_non_local_part` | capacity bounds `prefix!` as a whole |
+//! | `process_specific_channels_have_their_own_capacity` | each `prefix!local` has its own capacity; an unread sibling never starves a live one |
+//! | `group_larger_than_capacity_reaches_every_member` | a group of 300 (and 5,000) channels of one process gets every message at capacity 100 |
 //! | `process_specific_foreign_names` | hand-written `p!x` names work (needs `receive_any_process_channel`) |
 //! | `invalid_names_rejected` | bad channel, group and prefix names are typed errors naming the name; nothing is sent |
 //! | `reserved_key_rejected` | `__asgi_channel__` in a message is `InvalidMessage` |

@@ -19,7 +19,8 @@ pub(crate) use self::basic::{
 };
 pub(crate) use self::capacity::{
     channel_capacity_rule, full_is_counted_in_metrics,
-    process_specific_capacity_is_shared_by_non_local_part, send_capacity,
+    group_larger_than_capacity_reaches_every_member,
+    process_specific_channels_have_their_own_capacity, send_capacity,
 };
 pub(crate) use self::concurrency::{
     concurrent_group_changes_during_group_send, concurrent_producers_consumers_exact_accounting,

@@ -103,18 +103,16 @@ pub(crate) async fn process_specific_foreign_names(cx: Ctx<'_>) {
     layer.expect_numbered("worker.two!a", [3]).await;
     layer.expect_numbered("empty.local!", [4]).await;
 
-    // Capacity 3 bounds the non-local part "p!" as a whole.
-    for (name, n) in ["p!a", "p!b", "p!c"].into_iter().zip(1..) {
+    // Capacity 3 bounds each channel on its own: siblings under "p!" do not share it.
+    for (name, n) in ["p!a", "p!a", "p!a"].into_iter().zip(1..) {
         layer.send_ok(name, numbered("message", n)).await;
     }
-    super::capacity::expect_full(&layer, "p!d", 3, numbered("message", 4)).await;
-    layer.send_ok("q!a", numbered("message", 5)).await;
-    layer.expect_numbered("p!c", [3]).await;
-    layer.send_ok("p!d", numbered("message", 4)).await;
-    layer.expect_numbered("p!d", [4]).await;
-    layer.expect_numbered("p!a", [1]).await;
-    layer.expect_numbered("p!b", [2]).await;
-    layer.expect_numbered("q!a", [5]).await;
+    super::capacity::expect_full(&layer, "p!a", 3, numbered("message", 4)).await;
+    layer.send_ok("p!b", numbered("message", 5)).await;
+    layer.send_ok("q!a", numbered("message", 6)).await;
+    layer.expect_numbered("p!b", [5]).await;
+    layer.expect_numbered("p!a", [1, 2, 3]).await;
+    layer.expect_numbered("q!a", [6]).await;
 }
 
 fn check_name_error(error: &NameError, name: &str, kind: NameKind, operation: &str) {
