@@ -32,22 +32,12 @@ fn layer(capacity: usize) -> InMemoryLayer {
     )
 }
 
-/// Sends, backing off while the channel is full (the producer outruns the consumer), as a
-/// blocking channel's `send` would wait: spinning longer each time, without system calls.
-fn send_retry<L: ChannelLayer + ?Sized>(layer: &L, channel: &str, mut msg: Message) {
-    let mut step = 0u32;
-    loop {
-        match layer.send(channel, msg) {
-            Ok(()) => return,
-            Err(e) if e.is_full() => {
-                msg = e.into_message();
-                for _ in 0..(1u32 << step.min(10)) {
-                    std::hint::spin_loop();
-                }
-                step += 1;
-            }
-            Err(e) => panic!("send failed: {e}"),
-        }
+/// Sends, waiting while the channel is full (the producer outruns the consumer) with the
+/// layer's own waiting send: parked until a receiver makes room, never spinning a core that
+/// the consumer needs.
+fn send_retry<L: ChannelLayer + ?Sized>(layer: &L, channel: &str, msg: Message) {
+    if let Err(e) = layer.send_until(channel, msg, None) {
+        panic!("send failed: {e}");
     }
 }
 

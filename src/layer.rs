@@ -131,6 +131,7 @@ impl GroupSendReport {
 /// - **`send` never waits for room.** At capacity it fails with [`SendError::Full`] and the
 ///   channel is unchanged. Every channel, a process-specific `a!b` included, has its own
 ///   capacity, so a full or abandoned channel never costs another its messages.
+///   [`ChannelLayer::send_until`] is the form that waits for room.
 /// - **Expiry.** A message older than the layer's expiry is never delivered; it is dropped and
 ///   counted in [`MetricsSnapshot::expired`].
 /// - **Groups.** `group_send` never fails because a member is full; it reports skips in a
@@ -250,6 +251,50 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
         block_on(self.send_async(channel, message))
     }
 
+    /// Sends a message, waiting while the channel is full until `deadline` (for ever if
+    /// `None`), as crossbeam's `send_deadline` does. On a deadline that passes with the
+    /// channel still full it fails with [`SendError::Full`] and hands the message back; it
+    /// fails at once for everything else [`ChannelLayer::send`] fails for.
+    ///
+    /// Pick [`ChannelLayer::send`] to learn about a pile-up at once and decide what to do (shed
+    /// load, report it); pick this, or [`ChannelLayerExt::send_timeout`], for a producer that
+    /// should simply go at its consumer's pace. Waiting never spins a core: the in-memory
+    /// backend wakes a waiting sender when a receiver takes from the channel, on `flush` and
+    /// on `close`; a backend without such a signal (the default here, and Redis) tries again
+    /// with a capped, growing pause (100 µs up to 20 ms), so it does not hammer its server.
+    /// In this crate's backends a send refused while waiting is not counted in
+    /// `rejected_full`; only one that gives up at the deadline is.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChannelLayer::send`]; `Full` only once `deadline` has passed.
+    fn send_until(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        block_on(self.send_until_async(channel, message, deadline))
+    }
+
+    /// Sends a message, waiting while the channel is full until `deadline` (see
+    /// [`ChannelLayer::send_until`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits for room sends nothing; dropping a network
+    /// backend's send in flight may or may not have stored the message.
+    fn send_until_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(retry_while_full(message, deadline, move |m| {
+            self.send_async(channel, m)
+        }))
+    }
+
     /// Receives the next message on a channel, blocking the thread until `deadline` (for ever
     /// if `None`).
     ///
@@ -315,6 +360,44 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
 
 /// Conveniences on every [`ChannelLayer`]: receive with or without a timeout, typed messages.
 pub trait ChannelLayerExt: ChannelLayer {
+    /// Sends a message, waiting at most `timeout` while the channel is full (see
+    /// [`ChannelLayer::send_until`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use channel_layer::prelude::*;
+    ///
+    /// let layer = InMemoryLayer::new(LayerConfig::builder().capacity(1).build()?);
+    /// layer.send("jobs", Message::new("first"))?;
+    /// // Full, and nobody receives: the message comes back after the timeout.
+    /// let err = layer.send_timeout("jobs", Message::new("second"), Duration::from_millis(20)).unwrap_err();
+    /// assert!(err.is_full());
+    /// assert_eq!(err.into_message().message_type(), Some("second"));
+    /// # Ok::<(), channel_layer::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`ChannelLayer::send_until`].
+    fn send_timeout(
+        &self,
+        channel: &str,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.send_until(channel, message, deadline_after(timeout))
+    }
+
+    /// The async form of [`ChannelLayerExt::send_timeout`].
+    fn send_timeout_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        self.send_until_async(channel, message, deadline_after(timeout))
+    }
+
     /// Receives the next message on a channel, blocking until one arrives.
     ///
     /// # Errors
@@ -404,6 +487,43 @@ fn encode_for_send<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, S
 }
 
 /// `now + timeout`, or `None` (no deadline) when that overflows `Instant`.
+/// Tries `attempt` until it is not refused as full, or `deadline` passes, pausing between
+/// tries with a capped, growing backoff (100 µs to 20 ms): the waiting send of backends that
+/// have no signal for room.
+pub(crate) async fn retry_while_full<'a, F>(
+    mut message: Message,
+    deadline: Option<Instant>,
+    mut attempt: F,
+) -> Result<(), SendError>
+where
+    F: FnMut(Message) -> BoxFuture<'a, Result<(), SendError>>,
+{
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match attempt(message).await {
+            Err(SendError::Full {
+                channel,
+                capacity,
+                message: back,
+            }) => {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(SendError::Full {
+                        channel,
+                        capacity,
+                        message: back,
+                    });
+                }
+                let wake = deadline.map_or(now + pause, |d| d.min(now + pause));
+                crate::runtime::sleep_until(wake).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+                message = back;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
@@ -477,6 +597,14 @@ macro_rules! delegate_channel_layer {
         }
         fn send(&self, channel: &str, message: $crate::Message) -> Result<(), $crate::SendError> {
             self.$($target)+.send(channel, message)
+        }
+        fn send_until(&self, channel: &str, message: $crate::Message, deadline: Option<std::time::Instant>)
+            -> Result<(), $crate::SendError> {
+            self.$($target)+.send_until(channel, message, deadline)
+        }
+        fn send_until_async<'a>(&'a self, channel: &'a str, message: $crate::Message, deadline: Option<std::time::Instant>)
+            -> $crate::BoxFuture<'a, Result<(), $crate::SendError>> {
+            self.$($target)+.send_until_async(channel, message, deadline)
         }
         fn receive_until(&self, channel: &str, deadline: Option<std::time::Instant>)
             -> Result<$crate::Message, $crate::ReceiveError> {

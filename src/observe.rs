@@ -357,6 +357,37 @@ impl<L: ChannelLayer> ChannelLayer for Observed<L> {
         })
     }
 
+    fn send_until(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        traced("send", channel, Some(&message), || {
+            let start = Instant::now();
+            let result = self.inner.send_until(channel, message.clone(), deadline);
+            after_send(channel, start, &result);
+            result
+        })
+    }
+
+    fn send_until_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let result = self
+                .inner
+                .send_until_async(channel, message, deadline)
+                .await;
+            after_send(channel, start, &result);
+            result
+        })
+    }
+
     fn receive_until_async<'a>(
         &'a self,
         channel: &'a str,

@@ -2,6 +2,7 @@
 
 mod groups;
 mod store;
+mod wait;
 
 use std::fmt;
 use std::future::Future;
@@ -564,6 +565,37 @@ impl ChannelLayer for InMemoryLayer {
     ) -> BoxFuture<'a, Result<(), SendError>> {
         let result = self.inner.send(channel, message);
         Box::pin(std::future::ready(result))
+    }
+
+    /// Waits for room without spinning: a receiver taking from the channel, `flush` and
+    /// `close` wake it.
+    fn send_until_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(wait::SendUntil::new(
+            &self.inner,
+            channel,
+            message,
+            deadline,
+        ))
+    }
+
+    fn send_until(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        // Its first poll tries the send; only a full channel waits, parked.
+        crate::runtime::block_on(wait::SendUntil::new(
+            &self.inner,
+            channel,
+            message,
+            deadline,
+        ))
     }
 
     fn receive_until_async<'a>(

@@ -53,11 +53,23 @@ struct Chan {
     capacity: usize,
     items: VecDeque<(Instant, Message)>,
     waiters: VecDeque<Waiter>,
+    /// Senders waiting for room (`send_until`), woken one per message taken.
+    senders: VecDeque<Waiter>,
 }
 
 impl Chan {
     fn is_idle(&self) -> bool {
-        self.items.is_empty() && self.waiters.is_empty()
+        self.items.is_empty() && self.waiters.is_empty() && self.senders.is_empty()
+    }
+
+    /// Wakes up to `n` senders waiting for room.
+    fn room_for(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.senders.pop_front() {
+                Some(w) => w.wake.wake(),
+                None => break,
+            }
+        }
     }
 
     /// Drops expired messages from the front; returns how many.
@@ -174,6 +186,7 @@ impl Shard {
                     capacity,
                     items: VecDeque::new(),
                     waiters: VecDeque::new(),
+                    senders: VecDeque::new(),
                 },
                 |c| c.hash,
             );
@@ -216,6 +229,10 @@ impl Shard {
             });
         }
         chan.items.push_back((deadline, message));
+        if chan.items.len() < chan.capacity && !chan.senders.is_empty() {
+            // Room made by expired messages is passed on, one waiting sender after another.
+            chan.room_for(1);
+        }
         let wake = chan.waiters.pop_front().map(|w| w.wake);
         self.stats.queued += 1;
         Ok(wake)
@@ -248,6 +265,7 @@ impl Shard {
         if taken > 0 {
             stats.expired += expired as u64;
             stats.queued -= taken as u64;
+            chan.room_for(taken);
         }
         if found.is_some() {
             stats.received += 1;
@@ -266,7 +284,9 @@ impl Shard {
         let mut total = 0u64;
         self.channels.retain(|chan| {
             if select(&chan.name) {
-                total += chan.prune(now) as u64;
+                let pruned = chan.prune(now);
+                chan.room_for(pruned);
+                total += pruned as u64;
             }
             !chan.is_idle()
         });
@@ -282,6 +302,7 @@ impl Shard {
             let n = chan.items.len();
             dropped += n as u64;
             chan.items.clear();
+            wake.extend(chan.senders.drain(..).map(|w| w.wake));
             wake.extend(chan.waiters.drain(..).map(|w| w.wake));
             false
         });
@@ -293,6 +314,7 @@ impl Shard {
     pub(crate) fn drain_waiters(&mut self, wake: &mut Vec<Wake>) {
         for chan in self.channels.iter_mut() {
             wake.extend(chan.waiters.drain(..).map(|w| w.wake));
+            wake.extend(chan.senders.drain(..).map(|w| w.wake));
         }
     }
 
@@ -323,6 +345,33 @@ impl Shard {
             None
         } else if !chan.items.is_empty() {
             chan.waiters.pop_front().map(|w| w.wake)
+        } else {
+            None
+        }
+    }
+
+    /// Registers sender `id` to be woken when `key` has room, or refreshes how it is woken.
+    /// Called under the same lock as the push that found the channel full, so no room made
+    /// after it goes unnoticed.
+    pub(crate) fn wait_for_room(&mut self, key: &Key<'_>, id: u64, wake: impl FnOnce() -> Wake) {
+        let Some(chan) = self.chan_mut(key) else {
+            return;
+        };
+        match chan.senders.iter_mut().find(|w| w.id == id) {
+            Some(w) => w.wake = wake(),
+            None => chan.senders.push_back(Waiter { id, wake: wake() }),
+        }
+    }
+
+    /// Withdraws sender `id` from `key`. If it had been woken for room it did not use (it
+    /// timed out or was cancelled), the wake-up passes to the next waiting sender.
+    pub(crate) fn stop_waiting_for_room(&mut self, key: &Key<'_>, id: u64) -> Option<Wake> {
+        let chan = self.chan_mut(key)?;
+        if let Some(i) = chan.senders.iter().position(|w| w.id == id) {
+            chan.senders.remove(i);
+            None
+        } else if chan.items.len() < chan.capacity {
+            chan.senders.pop_front().map(|w| w.wake)
         } else {
             None
         }

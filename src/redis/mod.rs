@@ -313,7 +313,25 @@ impl ChannelLayer for RedisLayer {
         channel: &'a str,
         message: Message,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(self.inner.send_async(channel, message))
+        Box::pin(self.inner.send_async(channel, message, true))
+    }
+
+    fn send_until_async<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(self.inner.send_until(channel, message, deadline))
+    }
+
+    fn send_until(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        block_on(self.inner.send_until(channel, message, deadline))
     }
 
     fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {

@@ -82,20 +82,40 @@ impl Inner {
             .arg(send.capacity)
             .arg(send.ttl_millis);
         let reply = self.servers[server].commands.run(&[cmd]);
-        self.sent(channel, &send.key, capacity, message, reply)
+        self.sent(channel, &send.key, capacity, message, reply, true)
     }
 
     /// A send through the command thread, which bundles it with the other sends queued for the
-    /// same key into one script call.
+    /// same key into one script call. `count_full`: whether a refusal as full is counted (a
+    /// waiting send counts only the refusal it gives up on).
     pub(super) async fn send_async(
         &self,
         channel: &str,
         message: Message,
+        count_full: bool,
     ) -> Result<(), SendError> {
         let (message, server, send) = self.prepare_send(channel, message)?;
         let (capacity, key) = (send.capacity, send.key.clone());
         let reply = self.servers[server].commands.send_async(send).await;
-        self.sent(channel, &key, capacity, message, reply)
+        self.sent(channel, &key, capacity, message, reply, count_full)
+    }
+
+    /// A send that waits for room until `deadline`, trying again with a capped backoff, so a
+    /// waiting producer costs the server at most about fifty tries a second.
+    pub(super) async fn send_until(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), SendError> {
+        let result = crate::layer::retry_while_full(message, deadline, |m| {
+            Box::pin(self.send_async(channel, m, false))
+        })
+        .await;
+        if matches!(result, Err(SendError::Full { .. })) {
+            Counters::add(&self.counters.rejected_full, 1);
+        }
+        result
     }
 
     /// Reads the send script's answer `[added, expired]` and counts it.
@@ -106,6 +126,7 @@ impl Inner {
         capacity: usize,
         message: Message,
         reply: Result<Vec<RedisValue>, BackendError>,
+        count_full: bool,
     ) -> Result<(), SendError> {
         let what = format!("sending to redis key {key:?}");
         let outcome = reply.and_then(|values| ints(one_value(values, &what)?, &what));
@@ -119,7 +140,9 @@ impl Inner {
                 Ok(())
             }
             Ok(_) => {
-                Counters::add(&self.counters.rejected_full, 1);
+                if count_full {
+                    Counters::add(&self.counters.rejected_full, 1);
+                }
                 Err(SendError::Full {
                     channel: Arc::from(channel),
                     capacity,

@@ -243,6 +243,22 @@ impl Driver {
         }
     }
 
+    pub(crate) async fn send_until(
+        &self,
+        channel: &str,
+        message: Message,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        match self.mode {
+            Mode::Blocking => self.layer.send_until(channel, message, deadline),
+            Mode::Async => {
+                self.layer
+                    .send_until_async(channel, message, deadline)
+                    .await
+            }
+        }
+    }
+
     pub(crate) async fn receive_until(
         &self,
         channel: &str,

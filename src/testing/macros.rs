@@ -52,6 +52,11 @@ macro_rules! __channel_layer_cases {
                  holding three is `Full`, while a sibling being received on gets every message \
                  it is sent; an unread sibling keeps at most three, and whatever it could not \
                  keep is refused or counted once as `overflowed`.";
+            send_until_waits_for_room =
+                "`send_until` on a full channel waits: it gets through when a receiver makes \
+                 room or after a flush, fails with `Full` (the message handed back, counted) \
+                 once its deadline passes and not before, and with `Closed` when the layer is \
+                 closed meanwhile.";
             group_larger_than_capacity_reaches_every_member =
                 "A group of 300 (and of 5,000) channels minted by one layer gets every message \
                  at the default capacity of 100: no member is skipped. Needs groups.";

@@ -235,3 +235,90 @@ pub(crate) async fn group_larger_than_capacity_reaches_every_member(cx: Ctx<'_>)
         assert_eq!(layer.metrics().overflowed, 0);
     }
 }
+
+/// `send_until` waits while the channel is full: it gets through when a receiver makes room,
+/// hands the message back as `Full` when its deadline passes (not before), gets through after
+/// a flush, and fails with `Closed` when the layer is closed meanwhile.
+pub(crate) async fn send_until_waits_for_room(cx: Ctx<'_>) {
+    let layer = cx.layer(capacity(1));
+    layer.send_ok("waiting", numbered("message", 1)).await;
+
+    // Nobody receives: the message comes back after the deadline.
+    let before = layer.metrics().rejected_full;
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(150);
+    let err = match layer
+        .send_until("waiting", numbered("message", 2), Some(deadline))
+        .await
+    {
+        Ok(()) => panic!("send_until into a full channel nobody reads succeeded"),
+        Err(e) => e,
+    };
+    let took = start.elapsed();
+    assert!(err.is_full(), "{err}");
+    assert!(
+        took >= Duration::from_millis(150),
+        "gave up early, after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "gave up late, after {took:?}"
+    );
+    assert_eq!(number(&err.into_message()), 2, "the message is handed back");
+    assert!(
+        layer.metrics().rejected_full > before,
+        "the refusal is counted"
+    );
+
+    // A receiver makes room: the waiting send gets through, in order after the first.
+    let receiver = layer.spawn("receiver", |d| async move {
+        d.sleep(Duration::from_millis(100)).await;
+        d.expect_numbered("waiting", [1]).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    if let Err(e) = layer
+        .send_until("waiting", numbered("message", 3), Some(deadline))
+        .await
+    {
+        panic!("send_until did not get through when room was made: {e}");
+    }
+    receiver.join().await;
+    layer.expect_numbered("waiting", [3]).await;
+
+    if cx.has(&layer, Need::Flush) {
+        layer.send_ok("waiting", numbered("message", 4)).await;
+        let flusher = layer.spawn("flusher", |d| async move {
+            d.sleep(Duration::from_millis(100)).await;
+            d.flush().await.expect("flush");
+        });
+        if let Err(e) = layer
+            .send_until("waiting", numbered("message", 5), None)
+            .await
+        {
+            panic!("send_until did not get through after a flush: {e}");
+        }
+        flusher.join().await;
+        layer.expect_numbered("waiting", [5]).await;
+    }
+
+    // Closing the layer ends the wait with `Closed`.
+    layer.send_ok("waiting", numbered("message", 6)).await;
+    let closer = layer.spawn("closer", |d| async move {
+        d.sleep(Duration::from_millis(100)).await;
+        d.close();
+    });
+    let start = Instant::now();
+    match layer
+        .send_until("waiting", numbered("message", 7), None)
+        .await
+    {
+        Err(e) if e.is_closed() => {}
+        other => panic!("send_until on a layer closed meanwhile: {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    closer.join().await;
+}
