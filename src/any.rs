@@ -50,7 +50,7 @@ impl AnyLayer {
     /// | a scheme given to [`register_backend`] | that backend |
     ///
     /// Query parameters set options; every backend takes `capacity`, `expiry` and
-    /// `group_expiry` (seconds), read by one parser ([`crate::parse_url_params`]) and checked
+    /// `group_expiry` (seconds), `max_message_depth` and `max_message_bytes`, read by one parser ([`crate::parse_url_params`]) and checked
     /// against the bounds of [`crate::LayerConfig::validate`]. An unknown parameter is an
     /// error, never ignored. Only the scheme is read here; the backend reads the rest, so a
     /// Redis URL may name several servers (`redis://h1:6379,h2:6379/0`).

@@ -40,6 +40,27 @@ pub const MAX_GROUP_EXPIRY: Duration = Duration::from_secs(365 * DAY_SECS);
 /// exactly, and it turns a typo with a few digits too many into an error.
 pub const MAX_CAPACITY: usize = 1_000_000_000;
 
+/// Default [`LayerConfig::max_message_depth`]: 128 levels of nesting, the message map itself
+/// being level 1.
+///
+/// Real messages nest a handful of levels; msgpack-python (and so a channels_redis peer) reads
+/// up to about a thousand. 128 admits every message a peer plausibly sends while keeping each
+/// operation on a message (encoding, decoding, cloning, comparing, formatting, dropping) well
+/// inside a 2 MiB thread stack, in debug builds too.
+pub const DEFAULT_MAX_MESSAGE_DEPTH: usize = 128;
+
+/// The largest [`LayerConfig::max_message_depth`] allowed: 256 levels, half the depth at which
+/// decoding into a `serde_json::Value` was seen to exhaust a 2 MiB stack in a debug build.
+pub const MAX_MESSAGE_DEPTH: usize = 256;
+
+/// Default [`LayerConfig::max_message_bytes`]: 100 MiB of msgpack, the most msgpack-python
+/// (and so a channels_redis peer) reads by default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+
+/// The largest [`LayerConfig::max_message_bytes`] allowed: 512 MiB, the largest string Redis
+/// stores.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
 /// How a [`CapacityRule`] matches channel names.
 #[derive(Clone)]
 enum Pattern {
@@ -226,6 +247,14 @@ pub struct LayerConfig {
     pub capacity: usize,
     /// Capacity rules, tried in order against the full channel name; the first match wins.
     pub channel_capacity: Vec<CapacityRule>,
+    /// How deeply a message may nest lists and maps, the message map itself being level 1
+    /// ([`DEFAULT_MAX_MESSAGE_DEPTH`]). Sends of deeper messages fail with
+    /// [`MessageError::TooDeep`](crate::MessageError::TooDeep); a network backend drops (and
+    /// counts as undecodable) deeper messages it reads.
+    pub max_message_depth: usize,
+    /// How large a message may be, as msgpack ([`DEFAULT_MAX_MESSAGE_BYTES`]). Sends of larger
+    /// messages fail with [`MessageError::TooLarge`](crate::MessageError::TooLarge).
+    pub max_message_bytes: usize,
 }
 
 impl Default for LayerConfig {
@@ -235,6 +264,8 @@ impl Default for LayerConfig {
             group_expiry: DEFAULT_GROUP_EXPIRY,
             capacity: DEFAULT_CAPACITY,
             channel_capacity: Vec::new(),
+            max_message_depth: DEFAULT_MAX_MESSAGE_DEPTH,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -257,6 +288,16 @@ impl LayerConfig {
             .map_or(self.capacity, CapacityRule::capacity)
     }
 
+    /// Checks a message before it is sent: no reserved key, and within
+    /// [`LayerConfig::max_message_depth`] and [`LayerConfig::max_message_bytes`].
+    pub(crate) fn check_message(
+        &self,
+        message: &crate::Message,
+    ) -> Result<(), crate::MessageError> {
+        message.check_reserved()?;
+        message.check_limits(self.max_message_depth, self.max_message_bytes)
+    }
+
     /// Checks the settings against their bounds: [`LayerConfig::capacity`] and the capacity of
     /// every rule from 1 to [`MAX_CAPACITY`], [`LayerConfig::expiry`] longer than zero and at
     /// most [`MAX_EXPIRY`], [`LayerConfig::group_expiry`] longer than zero and at most
@@ -271,6 +312,18 @@ impl LayerConfig {
     /// value and the range allowed.
     pub fn validate(&self) -> Result<(), BuildError> {
         check_count("capacity", self.capacity, 1, MAX_CAPACITY)?;
+        check_count(
+            "max_message_depth",
+            self.max_message_depth,
+            1,
+            MAX_MESSAGE_DEPTH,
+        )?;
+        check_count(
+            "max_message_bytes",
+            self.max_message_bytes,
+            1,
+            MAX_MESSAGE_BYTES,
+        )?;
         check_duration("expiry", self.expiry, MAX_EXPIRY)?;
         check_duration("group_expiry", self.group_expiry, MAX_GROUP_EXPIRY)?;
         for rule in &self.channel_capacity {
@@ -285,7 +338,8 @@ impl LayerConfig {
     }
 
     /// Applies one setting given as text, as URL query parameters carry them: `capacity` (a
-    /// whole number), `expiry` and `group_expiry` (seconds, fractions allowed). Returns
+    /// whole number), `expiry` and `group_expiry` (seconds, fractions allowed),
+    /// `max_message_depth` and `max_message_bytes` (whole numbers). Returns
     /// `Ok(false)` when `name` is not one of these, so a backend can handle its own parameters.
     ///
     /// The value is checked against the same bounds as [`LayerConfig::validate`] checks.
@@ -296,6 +350,12 @@ impl LayerConfig {
     pub fn set_param(&mut self, name: &str, value: &str) -> Result<bool, BuildError> {
         match name {
             "capacity" => self.capacity = parse_count(name, value, 1, MAX_CAPACITY)?,
+            "max_message_depth" => {
+                self.max_message_depth = parse_count(name, value, 1, MAX_MESSAGE_DEPTH)?;
+            }
+            "max_message_bytes" => {
+                self.max_message_bytes = parse_count(name, value, 1, MAX_MESSAGE_BYTES)?;
+            }
             "expiry" => self.expiry = parse_seconds(name, value, MAX_EXPIRY)?,
             "group_expiry" => self.group_expiry = parse_seconds(name, value, MAX_GROUP_EXPIRY)?,
             _ => return Ok(false),
@@ -415,7 +475,13 @@ pub(crate) fn parse_count(
 // ===== URL parameters =====
 
 /// The query parameters every backend takes.
-const COMMON_PARAMS: [&str; 3] = ["capacity", "expiry", "group_expiry"];
+const COMMON_PARAMS: [&str; 5] = [
+    "capacity",
+    "expiry",
+    "group_expiry",
+    "max_message_depth",
+    "max_message_bytes",
+];
 
 /// Remembers which single-valued parameters a URL has given, so that giving one twice is an
 /// error rather than the last one silently winning.
@@ -676,6 +742,18 @@ impl LayerConfigBuilder {
         self
     }
 
+    /// Sets [`LayerConfig::max_message_depth`].
+    pub fn max_message_depth(mut self, depth: usize) -> Self {
+        self.config.max_message_depth = depth;
+        self
+    }
+
+    /// Sets [`LayerConfig::max_message_bytes`].
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_message_bytes = bytes;
+        self
+    }
+
     /// Adds a capacity rule for channels matching a shell glob (see [`CapacityRule::glob`]).
     pub fn channel_capacity(self, glob: &str, capacity: usize) -> Self {
         self.rule(CapacityRule::glob(glob, capacity))
@@ -776,6 +854,30 @@ pub(crate) mod tests {
         assert!(!c.set_param("nope", "1").unwrap());
         assert!(c.set_param("capacity", "x").is_err());
         assert!(c.set_param("expiry", "-1").is_err());
+    }
+
+    #[test]
+    fn message_limits_are_options_with_bounds() {
+        let (config, _) =
+            parse_url_params("memory://?max_message_depth=10&max_message_bytes=4096", &[]).unwrap();
+        assert_eq!(
+            (config.max_message_depth, config.max_message_bytes),
+            (10, 4096)
+        );
+        for bad in [
+            "memory://?max_message_depth=0",
+            "memory://?max_message_depth=257",
+            "memory://?max_message_bytes=0",
+            "memory://?max_message_bytes=999999999999",
+        ] {
+            let name = invalid(parse_url_params(bad, &[])).0;
+            assert!(name.starts_with("max_message_"), "{bad}: {name}");
+        }
+        let c = LayerConfig {
+            max_message_depth: MAX_MESSAGE_DEPTH + 1,
+            ..LayerConfig::default()
+        };
+        assert_eq!(invalid(c.validate()).0, "max_message_depth");
     }
 
     /// The option an error names, its value as shown and the reason.

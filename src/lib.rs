@@ -246,8 +246,10 @@ pub mod testing;
 
 pub use crate::any::{AnyLayer, BackendFactory, register_backend};
 pub use crate::config::{
-    CapacityRule, DEFAULT_CAPACITY, DEFAULT_EXPIRY, DEFAULT_GROUP_EXPIRY, LayerConfig,
-    LayerConfigBuilder, MAX_CAPACITY, MAX_EXPIRY, MAX_GROUP_EXPIRY, parse_url_params,
+    CapacityRule, DEFAULT_CAPACITY, DEFAULT_EXPIRY, DEFAULT_GROUP_EXPIRY,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_DEPTH, LayerConfig, LayerConfigBuilder,
+    MAX_CAPACITY, MAX_EXPIRY, MAX_GROUP_EXPIRY, MAX_MESSAGE_BYTES, MAX_MESSAGE_DEPTH,
+    parse_url_params,
 };
 pub use crate::error::{
     BackendError, BackendErrorKind, BuildError, Error, LayerError, ReceiveError, SendError,

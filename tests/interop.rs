@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use channel_layer::redis::{RedisConfig, RedisLayer};
 use channel_layer::{
-    AnyLayer, ChannelLayer, ChannelLayerExt, GroupSendReport, Map, Message, ReceiveError,
-    SendError, Value,
+    AnyLayer, ChannelLayer, ChannelLayerExt, GroupSendReport, Map, Message, MessageError,
+    ReceiveError, SendError, Value,
 };
 use serde_json::json;
 use support::python::{PythonPeer, same_content};
@@ -1685,4 +1685,41 @@ fn rotated_keys_from_the_url_or_a_key_file_agree_with_multifernet() {
         assert_same(&rust_receive(layer, &ch), &numbered("from new python", 3));
         assert_eq!(layer.metrics().undecodable, 0, "{form}");
     }
+}
+
+// ===== Message limits =====
+
+/// A message nested `depth` levels, the message map itself being level 1.
+fn nested(depth: usize) -> Message {
+    let v = (1..depth).fold(Value::Int(7), |v, _| Value::List(vec![v]));
+    Message::new("deep").with("v", v)
+}
+
+/// Deep messages channels_redis peers send (msgpack-python reads about a thousand levels)
+/// cross both ways up to the layer's depth limit, 128 by default; past it, Rust refuses to
+/// send and drops (and counts) what a peer sends.
+#[test]
+fn deeply_nested_messages_cross_both_ways_up_to_the_limit() {
+    let Some(mut w) = World::start(&Settings::new("interopdeep")) else {
+        return;
+    };
+    for depth in [65, 128] {
+        py_send(&mut w.peer, "deep", &nested(depth));
+        assert_same(&rust_receive(&w.layer, "deep"), &nested(depth));
+    }
+    // The JSON the peer answers with nests a few levels more; serde_json reads 128.
+    rust_send(&w.layer, "deep", &nested(100));
+    assert_same(&py_receive(&mut w.peer, "deep"), &nested(100));
+
+    match w.layer.send("deep", nested(129)) {
+        Err(SendError::InvalidMessage {
+            error: MessageError::TooDeep { max_depth: 128 },
+            message,
+        }) => assert_same(&message, &nested(129)),
+        other => panic!("a 129-level send: {other:?}"),
+    }
+    let before = w.layer.metrics().undecodable;
+    py_send(&mut w.peer, "deep", &nested(129));
+    assert_rust_gets_nothing(&w.layer, "deep");
+    assert_eq!(w.layer.metrics().undecodable - before, 1);
 }

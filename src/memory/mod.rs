@@ -127,8 +127,8 @@ impl InMemoryLayer {
         InMemoryLayer { inner }
     }
 
-    /// A layer from a `memory://` URL; query parameters `capacity`, `expiry` and
-    /// `group_expiry` (seconds) set the options, read and checked as every backend reads them
+    /// A layer from a `memory://` URL; query parameters `capacity`, `expiry`, `group_expiry`
+    /// (seconds), `max_message_depth` and `max_message_bytes` set the options, read and checked as every backend reads them
     /// (see [`crate::parse_url_params`] and the bounds of [`LayerConfig::validate`]).
     ///
     /// # Errors
@@ -217,7 +217,7 @@ impl Inner {
         if self.is_closed() {
             return Err(SendError::Closed { message });
         }
-        if let Err(error) = message.check_reserved() {
+        if let Err(error) = self.config.check_message(&message) {
             return Err(SendError::InvalidMessage { error, message });
         }
         let key = self.key(channel);
@@ -420,7 +420,7 @@ impl Inner {
         if self.is_closed() {
             return Err(LayerError::Closed);
         }
-        message.check_reserved()?;
+        self.config.check_message(&message)?;
         let now = Instant::now();
         let deadline = self.deadline(now);
         let mut report = GroupSendReport::default();

@@ -68,7 +68,7 @@ impl Future for SendUntil<'_> {
             return Poll::Ready(Err(SendError::Closed { message }));
         }
         if this.key.is_none() {
-            if let Err(error) = message.check_reserved() {
+            if let Err(error) = this.inner.config.check_message(&message) {
                 return Poll::Ready(Err(SendError::InvalidMessage { error, message }));
             }
         }

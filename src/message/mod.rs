@@ -12,6 +12,7 @@
 
 mod de;
 mod headers;
+mod limits;
 mod map;
 mod ser;
 mod value;
@@ -69,6 +70,22 @@ pub enum MessageError {
     /// A message did not deserialize into the requested type.
     #[error("cannot decode message: {0}")]
     Decode(String),
+    /// The message nests lists and maps deeper than the layer accepts
+    /// ([`LayerConfig::max_message_depth`](crate::LayerConfig::max_message_depth)).
+    #[error("the message nests deeper than {max_depth} levels")]
+    TooDeep {
+        /// The deepest nesting accepted.
+        max_depth: usize,
+    },
+    /// The message is larger, as msgpack, than the layer accepts
+    /// ([`LayerConfig::max_message_bytes`](crate::LayerConfig::max_message_bytes)).
+    #[error("the message is at least {bytes} bytes as msgpack, more than the {max_bytes} accepted")]
+    TooLarge {
+        /// Its size as far as it was measured (the measuring stops past the limit).
+        bytes: usize,
+        /// The largest size accepted.
+        max_bytes: usize,
+    },
 }
 
 impl Message {
@@ -190,6 +207,27 @@ impl Message {
     /// [`MessageError::Decode`] when the content does not fit `T`.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, MessageError> {
         de::from_map(&self.map)
+    }
+
+    /// Checks that the message nests at most `max_depth` levels (the message map itself being
+    /// level 1) and is at most `max_bytes` as msgpack, as every backend checks at send.
+    ///
+    /// Walks the message once, without recursion, and stops as soon as a limit is passed.
+    ///
+    /// ```
+    /// use channel_layer::{Message, MessageError, Value};
+    ///
+    /// let deep = (0..10).fold(Value::Null, |v, _| Value::List(vec![v]));
+    /// let m = Message::new("x").with("v", deep);
+    /// assert!(m.check_limits(11, 1 << 20).is_ok());
+    /// assert_eq!(m.check_limits(10, 1 << 20), Err(MessageError::TooDeep { max_depth: 10 }));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::TooDeep`] or [`MessageError::TooLarge`].
+    pub fn check_limits(&self, max_depth: usize, max_bytes: usize) -> Result<(), MessageError> {
+        limits::check(&self.map, max_depth, max_bytes)
     }
 
     /// Fails when the message carries [`RESERVED_KEY`].

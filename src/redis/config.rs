@@ -154,6 +154,8 @@ impl RedisConfig {
     /// | `capacity` | `layer.capacity` | 1 to [`crate::MAX_CAPACITY`] |
     /// | `expiry` | `layer.expiry`, seconds | above 0, at most [`crate::MAX_EXPIRY`] (365 days) |
     /// | `group_expiry` | `layer.group_expiry`, seconds | above 0, at most [`crate::MAX_GROUP_EXPIRY`] (365 days) |
+    /// | `max_message_depth` | `layer.max_message_depth` | 1 to [`crate::MAX_MESSAGE_DEPTH`] (256) |
+    /// | `max_message_bytes` | `layer.max_message_bytes` | 1 to [`crate::MAX_MESSAGE_BYTES`] (512 MiB) |
     /// | `prefix` | [`RedisConfig::prefix`] | non-empty, without `* ? [ ] \` |
     /// | `random_prefix_length` | [`RedisConfig::random_prefix_length`] | 0 to [`RedisConfig::MAX_RANDOM_PREFIX_LENGTH`] (1,024) |
     /// | `receive_prefetch` | [`RedisConfig::receive_prefetch`] | 0 to [`RedisConfig::MAX_RECEIVE_PREFETCH`] (10,000) |

@@ -151,7 +151,7 @@ impl Inner {
         group: &str,
         message: Message,
     ) -> Result<GroupSendReport, LayerError> {
-        message.check_reserved()?;
+        self.layer_config().check_message(&message)?;
         let (server, cmd) = self.members_command(group)?;
         let what = format!(
             "reading the members of redis key {:?}",

@@ -164,9 +164,13 @@ impl RedisLayer {
         };
         let codec = Codec {
             random_prefix_length: config.random_prefix_length,
+            // What peers may send is what this layer accepts at send, on every backend alike.
+            limits: codec::Limits {
+                max_depth: config.layer.max_message_depth,
+                max_bytes: config.layer.max_message_bytes,
+            },
             #[cfg(feature = "redis-encryption")]
             crypto,
-            ..Codec::default()
         };
         let counters = Arc::new(Counters::default());
         #[cfg(feature = "redis-tls")]

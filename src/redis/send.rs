@@ -58,7 +58,7 @@ impl Inner {
         if let Err(error) = validate_channel(channel) {
             return Err(SendError::InvalidName { error, message });
         }
-        if let Err(error) = message.check_reserved() {
+        if let Err(error) = self.layer_config().check_message(&message) {
             return Err(SendError::InvalidMessage { error, message });
         }
         match self.send_one(channel, &message) {

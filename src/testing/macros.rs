@@ -52,6 +52,11 @@ macro_rules! __channel_layer_cases {
                  holding three is `Full`, while a sibling being received on gets every message \
                  it is sent; an unread sibling keeps at most three, and whatever it could not \
                  keep is refused or counted once as `overflowed`.";
+            message_limits_checked_at_send =
+                "Every backend checks the same limits at send: a message at the default depth \
+                 limit (128) arrives intact, one level more is `InvalidMessage` (`TooDeep`) with \
+                 the message handed back; past `max_message_bytes` it is `TooLarge`, for `send` \
+                 and `group_send`; nothing refused is delivered.";
             send_until_waits_for_room =
                 "`send_until` on a full channel waits: it gets through when a receiver makes \
                  room or after a flush, fails with `Full` (the message handed back, counted) \

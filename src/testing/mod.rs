@@ -106,6 +106,7 @@
 //! | `full_is_counted_in_metrics` | rejected sends show in `rejected_full` |
 //! | `process_specific_send_receive` | `new_channel` names are valid, distinct, and receivable |
 //! | `process_specific_channels_have_their_own_capacity` | each `prefix!local` has its own capacity; an unread sibling never starves a live one |
+//! | `message_limits_checked_at_send` | the same depth and size limits on every backend, typed errors, the message handed back |
 //! | `send_until_waits_for_room` | a waiting send gets through when room is made or after a flush, gives up at its deadline, ends on close |
 //! | `group_larger_than_capacity_reaches_every_member` | a group of 300 (and 5,000) channels of one process gets every message at capacity 100 |
 //! | `process_specific_foreign_names` | hand-written `p!x` names work (needs `receive_any_process_channel`) |

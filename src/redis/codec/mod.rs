@@ -23,11 +23,12 @@ use rmp::encode::{ByteBuf, ValueWriteError};
 use super::crypto::{Crypto, DecryptError};
 use crate::message::{Map, Message, RESERVED_KEY, Value};
 
-/// Nesting depth [`Limits::default`] allows; the message map itself is level 1.
-pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
+/// Nesting depth [`Limits::default`] allows; the message map itself is level 1. The layer's
+/// own default, so what a peer may send is what this crate sends.
+pub(crate) const DEFAULT_MAX_DEPTH: usize = crate::config::DEFAULT_MAX_MESSAGE_DEPTH;
 
 /// Input size [`Limits::default`] allows: msgpack-python's default buffer limit, 100 MiB.
-pub(crate) const DEFAULT_MAX_BYTES: usize = 100 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BYTES: usize = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Random bytes channels_redis puts before each stored message by default.
 pub(crate) const DEFAULT_RANDOM_PREFIX_LENGTH: usize = 12;
@@ -363,7 +364,7 @@ impl Encoder {
 /// Bounds on what [`decode`] accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
-    /// Deepest nesting of lists and maps, the message map itself being level 1 (default 64).
+    /// Deepest nesting of lists and maps, the message map itself being level 1 (default 128).
     /// Decoding recurses once per level, so keep this modest.
     pub(crate) max_depth: usize,
     /// Largest input, in bytes (default 100 MiB, msgpack-python's limit).

@@ -362,18 +362,43 @@ fn nested_lists(levels: usize) -> Value {
 
 #[test]
 fn encode_refuses_what_receivers_would_drop() {
-    // Map (1) + 63 lists = 64 levels: fine.
-    let ok = message(vec![("a", nested_lists(63))]);
+    // Map (1) + 127 lists = 128 levels: fine.
+    let ok = message(vec![("a", nested_lists(127))]);
     let bytes = enc(&ok, AsgiChannel::None);
     assert_bit_eq(&dec(&bytes).unwrap().message, &ok);
 
-    let deep = message(vec![("a", nested_lists(64))]);
+    let deep = message(vec![("a", nested_lists(128))]);
     let mut out = vec![9];
     assert_eq!(
         encode(&deep, AsgiChannel::None, &mut out),
-        Err(EncodeError::TooDeep { max_depth: 64 })
+        Err(EncodeError::TooDeep { max_depth: 128 })
     );
     assert_eq!(out, [9], "out is left as it was");
+}
+
+/// The deepest message any layer may be configured to accept is packed and unpacked on a
+/// 2 MiB thread without overflowing its stack.
+#[test]
+fn the_deepest_accepted_message_packs_and_unpacks_on_a_2_mib_stack() {
+    let depth = crate::config::MAX_MESSAGE_DEPTH;
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let codec = Codec {
+                limits: Limits {
+                    max_depth: depth,
+                    max_bytes: DEFAULT_MAX_BYTES,
+                },
+                ..Codec::default()
+            };
+            let m = message(vec![("a", nested_lists(depth - 1))]);
+            let member = codec.pack(&m, AsgiChannel::None).unwrap();
+            let back = codec.unpack(&member, 60.0).unwrap();
+            assert_bit_eq(&back.message, &m);
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
 }
 
 // ===== Decoding =====
@@ -532,15 +557,15 @@ fn depth_is_bounded() {
     }
     bytes.push(0xc0);
     assert_eq!(error_kind(&bytes), DecodeErrorKind::TooDeep);
-    // Map + 62 lists + an empty list = 64 levels: fine; one more is not.
+    // Map + 126 lists + an empty list = 128 levels: fine; one more is not.
     let at = |lists: usize| {
         let mut bytes = hex("81 a1 61");
         bytes.extend(std::iter::repeat_n(0x91, lists));
         bytes.push(0x90);
         bytes
     };
-    assert!(dec(&at(62)).is_ok());
-    assert_eq!(error_kind(&at(63)), DecodeErrorKind::TooDeep);
+    assert!(dec(&at(126)).is_ok());
+    assert_eq!(error_kind(&at(127)), DecodeErrorKind::TooDeep);
     // A lower limit.
     let limits = Limits {
         max_depth: 2,

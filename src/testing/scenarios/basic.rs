@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::LayerConfig;
 use crate::error::{ReceiveError, TryReceiveError};
 use crate::message::{Map, Message, Value};
 use crate::metrics::MetricsSnapshot;
@@ -303,4 +304,71 @@ pub(crate) async fn receive_timeout(cx: Ctx<'_>) {
     layer.send_ok("idle", numbered("late", 1)).await;
     let got = layer.receive_timeout("idle", QUIET * 10).await;
     assert_eq!(got.ok(), Some(numbered("late", 1)));
+}
+
+/// A message nested `depth` levels (the message map being level 1), mixing lists and maps.
+fn nested(depth: usize) -> Message {
+    let v = (1..depth).fold(Value::Int(7), |v, level| {
+        if level % 2 == 0 {
+            let mut map = Map::new();
+            map.insert("down", v);
+            Value::Map(map)
+        } else {
+            Value::List(vec![v])
+        }
+    });
+    Message::new("deep").with("v", v)
+}
+
+/// Every backend checks the same message limits at send: a message at the default depth
+/// limit (128) is delivered intact, one level more is `InvalidMessage` (`TooDeep`) with the
+/// message handed back; with `max_message_bytes` set, a larger message is `TooLarge`, for
+/// `send` and `group_send` alike; nothing refused is delivered.
+pub(crate) async fn message_limits_checked_at_send(cx: Ctx<'_>) {
+    use crate::config::DEFAULT_MAX_MESSAGE_DEPTH as DEPTH;
+    use crate::error::{LayerError, SendError};
+    use crate::message::MessageError;
+    use crate::testing::driver::{Need, config};
+
+    let layer = cx.default_layer();
+    layer.send_ok("limits.deep", nested(DEPTH)).await;
+    let got = layer.expect("limits.deep").await;
+    assert!(
+        got == nested(DEPTH),
+        "a message at the depth limit arrives intact"
+    );
+    match layer.send("limits.deep", nested(DEPTH + 1)).await {
+        Err(SendError::InvalidMessage {
+            error: MessageError::TooDeep { max_depth },
+            message,
+        }) => {
+            assert_eq!(max_depth, DEPTH);
+            assert!(message == nested(DEPTH + 1), "the message is handed back");
+        }
+        other => panic!("a send one level past the depth limit: {other:?}"),
+    }
+    layer.expect_nothing("limits.deep").await;
+
+    let layer = cx.layer(config(LayerConfig::builder().max_message_bytes(1000)));
+    let small = Message::new("small").with("blob", Value::Bytes(vec![1; 900]));
+    let large = Message::new("large").with("blob", Value::Bytes(vec![1; 1000]));
+    layer.send_ok("limits.size", small).await;
+    layer.expect("limits.size").await;
+    match layer.send("limits.size", large.clone()).await {
+        Err(SendError::InvalidMessage {
+            error: MessageError::TooLarge {
+                max_bytes: 1000, ..
+            },
+            message,
+        }) => assert!(message == large, "the message is handed back"),
+        other => panic!("a send past the size limit: {other:?}"),
+    }
+    if cx.has(&layer, Need::Groups) {
+        layer.group_add_ok("limits.room", "limits.size").await;
+        match layer.group_send("limits.room", large).await {
+            Err(LayerError::InvalidMessage(MessageError::TooLarge { .. })) => {}
+            other => panic!("a group_send past the size limit: {other:?}"),
+        }
+    }
+    layer.expect_nothing("limits.size").await;
 }

@@ -14,8 +14,8 @@ mod names;
 
 pub(crate) use self::basic::{
     fifo_order, fixture_gives_fresh_isolated_layers, large_message_1mb,
-    receive_returns_same_message_bit_for_bit, receive_timeout, send_receive, try_receive_empty,
-    typed_messages_round_trip,
+    message_limits_checked_at_send, receive_returns_same_message_bit_for_bit, receive_timeout,
+    send_receive, try_receive_empty, typed_messages_round_trip,
 };
 pub(crate) use self::capacity::{
     channel_capacity_rule, full_is_counted_in_metrics,
