@@ -51,3 +51,32 @@ fn every_operation_on_the_deepest_accepted_message_fits_a_2_mib_stack() {
     });
     on_a_small_stack("drop", move || drop(nested(depth)));
 }
+
+/// Converting a value nested far deeper than any message may be, into or out of a message,
+/// is an error, not a stack overflow: serde conversions stop at `MAX_MESSAGE_DEPTH`.
+#[test]
+fn serde_conversions_of_very_deep_values_are_errors_not_overflows() {
+    on_a_small_stack("encode and decode", || {
+        // 100,000 levels of JSON, built and torn down without recursion.
+        let mut json = serde_json::Value::Null;
+        for _ in 0..100_000 {
+            json = serde_json::Value::Array(vec![json]);
+        }
+        let holder = serde_json::json!({ "type": "deep" });
+        let mut holder = holder;
+        holder["v"] = json;
+        let err = Message::encode(&holder).unwrap_err();
+        assert!(err.to_string().contains("deeper than"), "{err}");
+        // Tear the JSON down level by level.
+        let mut rest = holder["v"].take();
+        while let serde_json::Value::Array(mut items) = rest {
+            rest = items.pop().unwrap_or(serde_json::Value::Null);
+        }
+
+        // A message built by hand deeper than the limit (never sendable): decoding it is an
+        // error.
+        let deep = nested(MAX_MESSAGE_DEPTH + 10);
+        let err = deep.decode::<serde_json::Value>().unwrap_err();
+        assert!(err.to_string().contains("deeper than"), "{err}");
+    });
+}

@@ -15,6 +15,7 @@ use serde::de::{
     SeqAccess, Unexpected, VariantAccess, Visitor,
 };
 
+use super::limits::Nesting;
 use super::map::Key;
 use super::{Map, MessageError, Value};
 
@@ -207,6 +208,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let _nesting = Nesting::enter().ok_or_else(|| de::Error::custom(Nesting::too_deep()))?;
         let mut items = Vec::with_capacity(cautious(seq.size_hint()));
         while let Some(item) = seq.next_element::<Value>()? {
             items.push(item);
@@ -235,6 +237,7 @@ impl<'de> Visitor<'de> for MapVisitor {
 }
 
 fn collect_map<'de, A: MapAccess<'de>>(mut access: A) -> Result<Map, A::Error> {
+    let _nesting = Nesting::enter().ok_or_else(|| de::Error::custom(Nesting::too_deep()))?;
     let mut map = MapBuilder::with_capacity(cautious(access.size_hint()));
     while let Some(key) = access.next_key_seed(KeySeed)? {
         let value = access.next_value::<Value>()?;
@@ -375,6 +378,7 @@ enum ValueDeserializer<'de> {
 }
 
 fn visit_map<'de, V: Visitor<'de>>(map: &'de Map, visitor: V) -> Result<V::Value, Error> {
+    let _nesting = Nesting::enter().ok_or_else(|| Error::new(Nesting::too_deep()))?;
     let mut access = MapAccessor {
         entries: map.iter(),
         pending: None,
@@ -390,6 +394,7 @@ fn visit_map<'de, V: Visitor<'de>>(map: &'de Map, visitor: V) -> Result<V::Value
 }
 
 fn visit_list<'de, V: Visitor<'de>>(items: &'de [Value], visitor: V) -> Result<V::Value, Error> {
+    let _nesting = Nesting::enter().ok_or_else(|| Error::new(Nesting::too_deep()))?;
     let mut access = SeqAccessor {
         items: items.iter(),
         index: 0,

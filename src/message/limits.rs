@@ -4,7 +4,45 @@
 //! The walk keeps its own stack instead of recursing, so a message of any depth is measured
 //! without touching the thread's stack, and it stops as soon as a limit is passed.
 
+use std::cell::Cell;
+
 use super::{Map, MessageError, Value};
+use crate::config::MAX_MESSAGE_DEPTH;
+
+thread_local! {
+    /// How many lists and maps the serde conversions on this thread are inside now.
+    static NESTING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Held while a serde conversion (`Message::encode`, `Message::decode`) is inside one more
+/// list or map. Such a conversion recurses once per level, so it refuses to go deeper than
+/// [`MAX_MESSAGE_DEPTH`]: whatever the input, it stays within a thread's stack.
+#[derive(Debug)]
+pub(super) struct Nesting(());
+
+impl Nesting {
+    /// One level more, or `None` past [`MAX_MESSAGE_DEPTH`].
+    pub(super) fn enter() -> Option<Nesting> {
+        NESTING.with(|n| {
+            let depth = n.get() + 1;
+            (depth <= MAX_MESSAGE_DEPTH).then(|| {
+                n.set(depth);
+                Nesting(())
+            })
+        })
+    }
+
+    /// The error of a conversion that went too deep.
+    pub(super) fn too_deep() -> String {
+        format!("the value nests deeper than {MAX_MESSAGE_DEPTH} levels")
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
 
 /// The bytes msgpack uses for the header of a string of `len` bytes.
 fn str_header(len: usize) -> usize {

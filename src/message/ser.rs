@@ -10,6 +10,7 @@ use std::fmt;
 use serde::ser::{self, Impossible, Serialize, SerializeMap as _, Serializer};
 
 use super::de::{Error, MapBuilder};
+use super::limits::Nesting;
 use super::{Map, MessageError, Value};
 
 impl Serialize for Value {
@@ -190,6 +191,7 @@ impl Serializer for ValueSerializer {
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqSerializer, Error> {
         Ok(SeqSerializer {
             items: Vec::with_capacity(len.unwrap_or(0)),
+            _nesting: nest()?,
         })
     }
 
@@ -215,6 +217,7 @@ impl Serializer for ValueSerializer {
         Ok(TupleVariantSerializer {
             variant,
             items: Vec::with_capacity(len),
+            _nesting: nest()?,
         })
     }
 
@@ -222,12 +225,14 @@ impl Serializer for ValueSerializer {
         Ok(MapSerializer {
             map: MapBuilder::with_capacity(len.unwrap_or(0)),
             key: None,
+            _nesting: nest()?,
         })
     }
 
     fn serialize_struct(self, _name: &'static str, len: usize) -> Result<StructSerializer, Error> {
         Ok(StructSerializer {
             map: MapBuilder::with_capacity(len),
+            _nesting: nest()?,
         })
     }
 
@@ -241,6 +246,7 @@ impl Serializer for ValueSerializer {
         Ok(StructVariantSerializer {
             variant,
             map: MapBuilder::with_capacity(len),
+            _nesting: nest()?,
         })
     }
 }
@@ -249,6 +255,12 @@ impl Serializer for ValueSerializer {
 #[derive(Debug)]
 struct SeqSerializer {
     items: Vec<Value>,
+    _nesting: Nesting,
+}
+
+/// One level deeper, or the error of a value nested too deeply.
+fn nest() -> Result<Nesting, Error> {
+    Nesting::enter().ok_or_else(|| Error::new(Nesting::too_deep()))
 }
 
 impl ser::SerializeSeq for SeqSerializer {
@@ -300,6 +312,7 @@ impl ser::SerializeTupleStruct for SeqSerializer {
 struct TupleVariantSerializer {
     variant: &'static str,
     items: Vec<Value>,
+    _nesting: Nesting,
 }
 
 impl ser::SerializeTupleVariant for TupleVariantSerializer {
@@ -326,6 +339,7 @@ struct MapSerializer {
     map: MapBuilder,
     /// The key given to `serialize_key`, waiting for its value.
     key: Option<String>,
+    _nesting: Nesting,
 }
 
 impl ser::SerializeMap for MapSerializer {
@@ -371,6 +385,7 @@ impl ser::SerializeMap for MapSerializer {
 #[derive(Debug)]
 struct StructSerializer {
     map: MapBuilder,
+    _nesting: Nesting,
 }
 
 impl ser::SerializeStruct for StructSerializer {
@@ -399,6 +414,7 @@ impl ser::SerializeStruct for StructSerializer {
 struct StructVariantSerializer {
     variant: &'static str,
     map: MapBuilder,
+    _nesting: Nesting,
 }
 
 impl ser::SerializeStructVariant for StructVariantSerializer {
