@@ -62,6 +62,10 @@ macro_rules! __channel_layer_cases {
                  room or after a flush, fails with `Full` (the message handed back, counted) \
                  once its deadline passes and not before, and with `Closed` when the layer is \
                  closed meanwhile.";
+            unread_reply_channels_never_block_new_ones =
+                "150 reply channels of one layer each holding an unread message (late replies, \
+                 more than the capacity of 100 together) never block a fresh reply channel: it \
+                 gets its message at once.";
             group_larger_than_capacity_reaches_every_member =
                 "A group of 300 (and of 5,000) channels minted by one layer gets every message \
                  at the default capacity of 100: no member is skipped. Needs groups.";
