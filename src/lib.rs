@@ -259,7 +259,7 @@ pub use crate::layer::{
     BoxFuture, Capabilities, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX, GroupSendReport,
 };
 pub use crate::memory::InMemoryLayer;
-pub use crate::message::{Map, Message, MessageError, Value};
+pub use crate::message::{Map, Message, MessageError, Str, Value};
 pub use crate::metrics::MetricsSnapshot;
 pub use crate::name::NameError;
 

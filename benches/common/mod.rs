@@ -21,10 +21,103 @@ pub fn message(n: usize) -> Message {
         .with("payload", PAYLOAD)
 }
 
+/// The peers' message as a plain Rust struct: the raw baseline, what a hand-written channel
+/// between two threads would carry.
+#[derive(Clone, Debug)]
+pub struct Plain {
+    pub kind: String,
+    pub n: i64,
+    pub payload: String,
+}
+
+/// The peers' message as a [`Plain`] struct.
+pub fn plain(n: usize) -> Plain {
+    Plain {
+        kind: "bench.msg".to_owned(),
+        n: n as i64,
+        payload: PAYLOAD.to_owned(),
+    }
+}
+
 /// The median (the upper one for an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// A figure measured several times: its median and the range around it.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The median, minimum and maximum of `samples` (at least one).
+    pub fn of(mut samples: Vec<f64>) -> Spread {
+        samples.sort_by(f64::total_cmp);
+        Spread {
+            median: samples[samples.len() / 2],
+            min: samples[0],
+            max: samples[samples.len() - 1],
+        }
+    }
+
+    /// The spread as a share of the median: (max - min) / median.
+    pub fn relative(&self) -> f64 {
+        (self.max - self.min) / self.median
+    }
+}
+
+/// Prints a rate as `1.34M [1.20M-1.41M]`, a latency as `2.21 [2.10-2.60]`.
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = |x: f64| {
+            if x >= 1e6 {
+                format!("{:.2}M", x / 1e6)
+            } else if x >= 1e4 {
+                format!("{:.0}k", x / 1e3)
+            } else if x >= 100.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.2}")
+            }
+        };
+        write!(
+            f,
+            "{} [{}-{}]",
+            unit(self.median),
+            unit(self.min),
+            unit(self.max)
+        )
+    }
+}
+
+/// The machine's load average over the last minute, as `/proc/loadavg` reports it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// What the figures were measured on: cores, CPU model and load.
+pub fn machine() -> String {
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!(
+        "{cores} cores ({model}), load average {} at start",
+        load_average()
+    )
 }
 
 /// The `p` quantile of sorted values.

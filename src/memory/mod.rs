@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use hashbrown::DefaultHashBuilder;
 use parking_lot::MutexGuard;
 use rand::Rng;
-use rand::distr::Alphanumeric;
 
 use self::groups::Groups;
 use self::store::{Key, NewChan, PaddedShard, Refused, SHARDS, Shard, Wake};
@@ -28,8 +27,13 @@ use crate::metrics::MetricsSnapshot;
 use crate::name::{NameError, validate_channel, validate_prefix};
 use crate::runtime::{Sweep, TimerSlot, sweep_every};
 
-/// How long a blocking receive keeps looking before it parks its thread.
+/// How long a blocking receive keeps looking (spinning briefly, then yielding) before it parks
+/// its thread.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
+/// How many doubling rounds of pauses a waiting receive spins (1 + 2 + ... + 64 pauses) before
+/// it only yields between looks.
+const SPIN_STEPS: u32 = 7;
 
 /// Length of the random process id and of the random local part in minted names.
 const RANDOM_LEN: usize = 12;
@@ -96,12 +100,26 @@ impl fmt::Debug for InMemoryLayer {
     }
 }
 
+/// The 64 characters a random name part is drawn from: 6 bits each, all valid in a name.
+const NAME_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Appends [`RANDOM_LEN`] random name characters (72 random bits) to `name`.
+///
+/// One random number and no formatting: a fresh reply channel per request makes this part of
+/// every round trip.
+fn push_random_part(name: &mut String) {
+    let mut bits: u128 = rand::rng().random();
+    for _ in 0..RANDOM_LEN {
+        name.push(char::from(NAME_ALPHABET[(bits & 63) as usize]));
+        bits >>= 6;
+    }
+}
+
 fn random_name_part() -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(RANDOM_LEN)
-        .map(char::from)
-        .collect()
+    let mut part = String::with_capacity(RANDOM_LEN);
+    push_random_part(&mut part);
+    part
 }
 
 impl InMemoryLayer {
@@ -305,8 +323,12 @@ impl Inner {
         // usually delivers within microseconds, while parking costs a system call on each side
         // and, on virtual machines whose idle CPUs halt, tens of microseconds to wake up. The
         // watch reads the shard's delivery counter, not its lock, so it slows nobody down.
+        //
+        // It spins only briefly (127 pauses in all, as crossbeam's `Backoff` does), then yields
+        // between looks: when the producer shares this core, spinning cannot help, and a yield
+        // lets it run at once.
         let pushes = &self.shards[key.shard()].pushes;
-        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        let watch_until = Instant::now() + SPIN_BEFORE_PARK;
         let mut first = true;
         'watch: loop {
             if self.is_closed() {
@@ -320,20 +342,23 @@ impl Inner {
                 validate_channel(channel)?;
                 first = false;
             }
-            for round in 0u32.. {
-                for _ in 0..64 {
-                    if pushes.load(Ordering::Acquire) != seen {
-                        continue 'watch;
+            for step in 0u32.. {
+                if step < SPIN_STEPS {
+                    for _ in 0..1u32 << step {
+                        if pushes.load(Ordering::Relaxed) != seen {
+                            continue 'watch;
+                        }
+                        std::hint::spin_loop();
                     }
-                    std::hint::spin_loop();
-                }
-                let now = Instant::now();
-                if now >= spin_until || deadline.is_some_and(|d| now >= d) {
-                    break 'watch;
-                }
-                if round % 4 == 3 {
-                    // Let another thread of this CPU run now and then.
+                } else {
+                    let now = Instant::now();
+                    if now >= watch_until || deadline.is_some_and(|d| now >= d) {
+                        break 'watch;
+                    }
                     thread::yield_now();
+                }
+                if pushes.load(Ordering::Acquire) != seen {
+                    continue 'watch;
                 }
             }
         }
@@ -551,11 +576,14 @@ impl ChannelLayer for InMemoryLayer {
 
     fn new_channel(&self, prefix: &str) -> Result<String, NameError> {
         validate_prefix(prefix, 2 + 2 * RANDOM_LEN)?;
-        Ok(format!(
-            "{prefix}.{}!{}",
-            self.inner.process_id,
-            random_name_part()
-        ))
+        let process_id = &self.inner.process_id;
+        let mut name = String::with_capacity(prefix.len() + 2 + process_id.len() + RANDOM_LEN);
+        name.push_str(prefix);
+        name.push('.');
+        name.push_str(process_id);
+        name.push('!');
+        push_random_part(&mut name);
+        Ok(name)
     }
 
     fn send_async<'a>(

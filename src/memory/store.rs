@@ -150,6 +150,29 @@ impl Refused {
     }
 }
 
+/// The channel under `key`, made by `make` if it does not exist yet, in one table lookup.
+fn chan_or_make<'t>(
+    channels: &'t mut HashTable<Chan>,
+    key: &Key<'_>,
+    make: impl FnOnce() -> Result<NewChan, NameError>,
+) -> Result<&'t mut Chan, NameError> {
+    match channels.entry(key.hash, |c| &*c.name == key.name, |c| c.hash) {
+        hashbrown::hash_table::Entry::Occupied(entry) => Ok(entry.into_mut()),
+        hashbrown::hash_table::Entry::Vacant(entry) => {
+            let NewChan { capacity } = make()?;
+            let chan = Chan {
+                name: key.name.into(),
+                hash: key.hash,
+                capacity,
+                items: VecDeque::new(),
+                waiters: VecDeque::new(),
+                senders: VecDeque::new(),
+            };
+            Ok(entry.insert(chan).into_mut())
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Shard {
     channels: HashTable<Chan>,
@@ -176,22 +199,7 @@ impl Shard {
         key: &Key<'_>,
         make: impl FnOnce() -> Result<NewChan, NameError>,
     ) -> Result<&mut Chan, NameError> {
-        if self.chan_mut(key).is_none() {
-            let NewChan { capacity } = make()?;
-            self.channels.insert_unique(
-                key.hash,
-                Chan {
-                    name: key.name.into(),
-                    hash: key.hash,
-                    capacity,
-                    items: VecDeque::new(),
-                    waiters: VecDeque::new(),
-                    senders: VecDeque::new(),
-                },
-                |c| c.hash,
-            );
-        }
-        Ok(self.chan_mut(key).expect("just made"))
+        chan_or_make(&mut self.channels, key, make)
     }
 
     /// Queues `message` on `key` unless its capacity is reached; returns a receiver to wake.
@@ -207,7 +215,9 @@ impl Shard {
         deadline: Instant,
         make: impl FnOnce() -> Result<NewChan, NameError>,
     ) -> Result<Option<Wake>, Refused> {
-        let chan = match self.chan_or_make(key, make) {
+        // One table lookup: the channel, made if need be, and the counters borrowed apart.
+        let Shard { channels, stats } = self;
+        let chan = match chan_or_make(channels, key, make) {
             Ok(chan) => chan,
             Err(error) => return Err(Refused::InvalidName { error, message }),
         };
@@ -216,11 +226,10 @@ impl Shard {
             let expired = chan.prune(now);
             if expired > 0 {
                 room = chan.items.len() < chan.capacity;
-                self.stats.expired += expired as u64;
-                self.stats.queued -= expired as u64;
+                stats.expired += expired as u64;
+                stats.queued -= expired as u64;
             }
         }
-        let chan = self.chan_mut(key).expect("present");
         if !room {
             return Err(Refused::Full {
                 channel: chan.name.clone(),
@@ -234,7 +243,7 @@ impl Shard {
             chan.room_for(1);
         }
         let wake = chan.waiters.pop_front().map(|w| w.wake);
-        self.stats.queued += 1;
+        stats.queued += 1;
         Ok(wake)
     }
 

@@ -16,7 +16,7 @@ use serde::de::{
 };
 
 use super::limits::Nesting;
-use super::map::Key;
+use super::map::{Entries, Key};
 use super::{Map, MessageError, Value};
 
 /// Preallocate at most this many entries on the word of a size hint: the hint may come from
@@ -43,7 +43,7 @@ const INDEX_FROM: usize = 16;
 /// too; past [`INDEX_FROM`] entries a hash index (seeded per map) takes over.
 #[derive(Debug, Default)]
 pub(super) struct MapBuilder {
-    entries: Vec<(Key, Value)>,
+    entries: Entries,
     index: Option<KeyIndex>,
 }
 
@@ -69,7 +69,7 @@ impl KeyIndex {
 impl MapBuilder {
     pub(super) fn with_capacity(n: usize) -> Self {
         MapBuilder {
-            entries: Vec::with_capacity(n),
+            entries: Entries::with_capacity(n),
             index: None,
         }
     }
@@ -82,7 +82,7 @@ impl MapBuilder {
             Some(KeyIndex { table, hasher }) => {
                 let hash = hasher.hash_one(key.as_str());
                 if let Some(&i) = table.find(hash, |&i| entries[i].0 == key) {
-                    entries[i].1 = value;
+                    entries.make_mut()[i].1 = value;
                 } else {
                     entries.push((key, value));
                     let i = entries.len() - 1;
@@ -90,8 +90,8 @@ impl MapBuilder {
                 }
             }
             None => {
-                if let Some(entry) = entries.iter_mut().find(|(k, _)| *k == key) {
-                    entry.1 = value;
+                if let Some(i) = entries.iter().position(|(k, _)| *k == key) {
+                    entries.make_mut()[i].1 = value;
                 } else {
                     entries.push((key, value));
                     if entries.len() > INDEX_FROM {
@@ -173,11 +173,11 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::Str(v.to_owned()))
+        Ok(Value::Str(v.into()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::Str(v))
+        Ok(Value::Str(v.into()))
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {

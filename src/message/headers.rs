@@ -10,7 +10,7 @@
 //! | `reply_channel` | string | where the answer to a request goes (a process-specific channel) |
 //! | `flags` | map of string to value | feature flags decided once, at the edge, and passed along |
 
-use super::{Map, Message, Value};
+use super::{Map, Message, Str, Value};
 
 /// The key of the correlation ID.
 pub const CORRELATION_ID_KEY: &str = "correlation_id";
@@ -37,13 +37,13 @@ impl Message {
     }
 
     /// Sets the correlation ID.
-    pub fn set_correlation_id(&mut self, id: impl Into<String>) {
+    pub fn set_correlation_id(&mut self, id: impl Into<Str>) {
         self.insert(CORRELATION_ID_KEY, Value::Str(id.into()));
     }
 
     /// With the correlation ID set (builder style).
     #[must_use]
-    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_correlation_id(mut self, id: impl Into<Str>) -> Self {
         self.set_correlation_id(id);
         self
     }
@@ -54,13 +54,13 @@ impl Message {
     }
 
     /// Sets the reply channel.
-    pub fn set_reply_channel(&mut self, channel: impl Into<String>) {
+    pub fn set_reply_channel(&mut self, channel: impl Into<Str>) {
         self.insert(REPLY_CHANNEL_KEY, Value::Str(channel.into()));
     }
 
     /// With the reply channel set (builder style).
     #[must_use]
-    pub fn with_reply_channel(mut self, channel: impl Into<String>) -> Self {
+    pub fn with_reply_channel(mut self, channel: impl Into<Str>) -> Self {
         self.set_reply_channel(channel);
         self
     }

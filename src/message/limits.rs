@@ -6,6 +6,9 @@
 
 use std::cell::Cell;
 
+use smallvec::SmallVec;
+
+use super::map::Key;
 use super::{Map, MessageError, Value};
 use crate::config::MAX_MESSAGE_DEPTH;
 
@@ -86,8 +89,12 @@ fn int_len(n: i64) -> usize {
 /// One collection being walked: its remaining items, and its depth.
 enum Pending<'a> {
     List(std::slice::Iter<'a, Value>, usize),
-    Map(Box<dyn Iterator<Item = (&'a str, &'a Value)> + 'a>, usize),
+    Map(std::slice::Iter<'a, (Key, Value)>, usize),
 }
+
+/// The walk's stack: kept inline up to this many levels, so checking a message of ordinary
+/// depth allocates nothing (this check runs on every send).
+type Stack<'a> = SmallVec<[Pending<'a>; 8]>;
 
 /// Checks that `map` (a message, at depth 1) nests at most `max_depth` levels and takes at
 /// most `max_bytes` as msgpack.
@@ -96,7 +103,8 @@ pub(super) fn check(map: &Map, max_depth: usize, max_bytes: usize) -> Result<(),
         return Err(MessageError::TooDeep { max_depth });
     }
     let mut bytes = collection_header(map.len());
-    let mut stack: Vec<Pending<'_>> = vec![Pending::Map(Box::new(map.iter()), 1)];
+    let mut stack = Stack::new();
+    stack.push(Pending::Map(map.entries().iter(), 1));
     while let Some(top) = stack.last_mut() {
         let (value, depth) = match top {
             Pending::List(items, depth) => match items.next() {
@@ -134,7 +142,7 @@ pub(super) fn check(map: &Map, max_depth: usize, max_bytes: usize) -> Result<(),
                 if depth + 1 > max_depth {
                     return Err(MessageError::TooDeep { max_depth });
                 }
-                stack.push(Pending::Map(Box::new(map.iter()), depth + 1));
+                stack.push(Pending::Map(map.entries().iter(), depth + 1));
                 collection_header(map.len())
             }
         };

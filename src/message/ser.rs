@@ -11,7 +11,7 @@ use serde::ser::{self, Impossible, Serialize, SerializeMap as _, Serializer};
 
 use super::de::{Error, MapBuilder};
 use super::limits::Nesting;
-use super::{Map, MessageError, Value};
+use super::{Map, MessageError, Str, Value};
 
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -133,11 +133,11 @@ impl Serializer for ValueSerializer {
     }
 
     fn serialize_char(self, v: char) -> Result<Value, Error> {
-        Ok(Value::Str(v.to_string()))
+        Ok(Value::Str(Str::from(v)))
     }
 
     fn serialize_str(self, v: &str) -> Result<Value, Error> {
-        Ok(Value::Str(v.to_owned()))
+        Ok(Value::Str(v.into()))
     }
 
     fn serialize_bytes(self, v: &[u8]) -> Result<Value, Error> {
@@ -166,7 +166,7 @@ impl Serializer for ValueSerializer {
         _variant_index: u32,
         variant: &'static str,
     ) -> Result<Value, Error> {
-        Ok(Value::Str(variant.to_owned()))
+        Ok(Value::Str(variant.into()))
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(

@@ -1,6 +1,6 @@
 //! The dynamic value a message holds.
 
-use super::Map;
+use super::{Map, Str};
 
 /// One value inside a message: exactly the types the channel layer specification allows
 /// ([contract §1.4](crate::contract)), with byte strings kept distinct from text.
@@ -20,8 +20,8 @@ pub enum Value {
     Int(i64),
     /// A 64-bit float; carried bit for bit, NaN payloads and negative zero included.
     Float(f64),
-    /// A UTF-8 string.
-    Str(String),
+    /// A UTF-8 string; up to 24 bytes are kept inline ([`Str`]).
+    Str(Str),
     /// A byte string, distinct from [`Value::Str`].
     Bytes(Vec<u8>),
     /// A list of values.
@@ -189,19 +189,25 @@ impl From<f32> for Value {
 
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
+        Value::Str(s.into())
     }
 }
 
 impl From<String> for Value {
     fn from(s: String) -> Self {
-        Value::Str(s)
+        Value::Str(s.into())
     }
 }
 
 impl From<&String> for Value {
     fn from(s: &String) -> Self {
-        Value::Str(s.clone())
+        Value::Str(s.into())
+    }
+}
+
+impl From<Str> for Value {
+    fn from(s: Str) -> Self {
+        Value::Str(s)
     }
 }
 

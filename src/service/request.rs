@@ -554,7 +554,7 @@ impl Client {
         if reply.message_type() == Some(ERROR_TYPE) {
             bump(&counters.service_errors, 1);
             let error = match reply.get(ERROR_KEY) {
-                Some(Value::Str(text)) => text.clone(),
+                Some(Value::Str(text)) => text.to_string(),
                 Some(other) => format!("{other:?}"),
                 None => "unspecified error".to_owned(),
             };

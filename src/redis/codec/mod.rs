@@ -21,7 +21,7 @@ use rmp::encode::{ByteBuf, ValueWriteError};
 
 #[cfg(feature = "redis-encryption")]
 use super::crypto::{Crypto, DecryptError};
-use crate::message::{Map, Message, RESERVED_KEY, Value};
+use crate::message::{Entries, Map, Message, RESERVED_KEY, Value};
 
 /// Nesting depth [`Limits::default`] allows; the message map itself is level 1. The layer's
 /// own default, so what a peer may send is what this crate sends.
@@ -420,12 +420,12 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeErr
     }
     let asgi_channels = match map.remove(RESERVED_KEY) {
         None => None,
-        Some(Value::Str(name)) => Some(vec![name]),
+        Some(Value::Str(name)) => Some(vec![name.into_string()]),
         Some(Value::List(names)) => Some(
             names
                 .into_iter()
                 .map(|name| match name {
-                    Value::Str(name) => Ok(name),
+                    Value::Str(name) => Ok(name.into_string()),
                     _ => Err(DecodeError::new(DecodeErrorKind::BadAsgiChannel, 0)),
                 })
                 .collect::<Result<_, _>>()?,
@@ -546,7 +546,7 @@ impl<'a> Decoder<'a> {
                 Value::Float(rmp::decode::read_f64(&mut self.rd).map_err(|e| self.read_error(e))?)
             }
             Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
-                Value::Str(self.str()?.to_owned())
+                Value::Str(self.str()?.into())
             }
             Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
                 let len =
@@ -583,7 +583,7 @@ impl<'a> Decoder<'a> {
         self.enter(depth)?;
         let count = rmp::decode::read_map_len(&mut self.rd).map_err(|e| self.read_error(e))?;
         let count = self.check_count(count, 2)?;
-        let mut entries: Vec<(CompactString, Value)> = Vec::with_capacity(count.min(MAX_PREALLOC));
+        let mut entries = Entries::with_capacity(count.min(MAX_PREALLOC));
         // Small maps look for a repeated key by scanning; larger ones through a hash index
         // (keyed by slices of the input, randomly seeded), so a peer cannot make this quadratic.
         let mut index: Option<HashMap<&'a str, usize>> =
@@ -606,7 +606,7 @@ impl<'a> Decoder<'a> {
                 None => entries.iter().position(|(k, _)| k.as_str() == key),
             };
             match existing {
-                Some(i) => entries[i].1 = value,
+                Some(i) => entries.make_mut()[i].1 = value,
                 None => entries.push((CompactString::from(key), value)),
             }
         }

@@ -156,7 +156,7 @@ fn str_length_boundaries() {
         (65536, "db 00 01 00 00"),
     ];
     for (len, header) in cases {
-        let bytes = value_bytes(Value::Str("x".repeat(len)));
+        let bytes = value_bytes(Value::Str("x".repeat(len).into()));
         let header = hex(header);
         assert_eq!(bytes[..header.len()], header[..], "{len}");
         assert_eq!(bytes.len(), header.len() + len);
@@ -241,7 +241,7 @@ fn every_kind_round_trips_bit_for_bit_in_order() {
         ("inf", Value::Float(f64::NEG_INFINITY)),
         ("tiny", Value::Float(f64::from_bits(1))),
         ("text", Value::Str("h\u{e9}llo \u{1d11e} \0".into())),
-        ("empty", Value::Str(String::new())),
+        ("empty", Value::Str(crate::Str::new())),
         ("bytes", Value::Bytes((0..=255).collect())),
         (
             "list",
@@ -472,7 +472,7 @@ fn sample_bytes() -> Vec<u8> {
         ("ok", Value::Bool(true)),
         ("none", Value::Null),
         ("inner", Value::Map(inner)),
-        ("long", Value::Str("s".repeat(300))),
+        ("long", Value::Str("s".repeat(300).into())),
     ]);
     enc(&msg, AsgiChannel::Many(&["specific.a!b", "specific.a!c"]))
 }
@@ -872,7 +872,7 @@ fn random_value(rng: &mut StdRng, depth: usize) -> Value {
             _ => rng.random(),
         }),
         3 => Value::Float(f64::from_bits(rng.random())),
-        4 => Value::Str(random_string(rng)),
+        4 => Value::Str(random_string(rng).into()),
         5 => {
             let len = rng.random_range(0..40);
             Value::Bytes((0..len).map(|_| rng.random()).collect())

@@ -74,7 +74,7 @@ pub fn json_to_value(json: &serde_json::Value) -> Value {
                 panic!("integer {n} does not fit in i64")
             }
         }
-        J::String(s) => Value::Str(s.clone()),
+        J::String(s) => Value::Str(s.into()),
         J::Array(items) => Value::List(items.iter().map(json_to_value).collect()),
         J::Object(obj) => {
             if obj.len() == 1 {
