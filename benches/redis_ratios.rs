@@ -2,16 +2,17 @@
 //! figures measured on the same server in the same run, and the ratios between them.
 //!
 //! Run with `cargo bench --features redis --bench redis_ratios` (add `-- --quick` for a short
-//! run). It starts its own `redis-server` on a free port. The Python side needs the venv the
-//! interop tests install (`target/interop-venv`, made by `cargo test --all-features`) and the
-//! peers' scripts (`../shared/peers`, or the folder in `PEERS_DIR`); without them only our
-//! figures are printed. Scenarios are the peers' (`bench_channels.py`):
+//! run). It starts its own `redis-server` on a free port, and runs channels_redis with
+//! `benches/peers/channels_redis_bench.py` in the venv the interop tests use
+//! (`target/interop-venv`, installed with pip on first use; without Python only our figures are
+//! printed). Scenarios:
 //! - p2p: one producer, one consumer, messages `{type, n, payload: 64 bytes}`: with blocking
 //!   sends (one round trip each) and with pipelined async sends (256 in flight) and a receive
 //!   prefetch of 256;
 //! - fan-out: `group_send` to 100 members of this process, one receiver draining them;
 //! - rpc: a service answers on a fresh reply channel per request; p50 and p99 round trip;
-//! - and `redis-benchmark -P 16` ZADD, the server's own pipelined rate.
+//! - and the server's own figures: `redis-benchmark -P 16` ZADD (its pipelined rate) and one
+//!   `PING` round trip on a plain socket (what a round trip costs).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -25,15 +26,10 @@ use std::time::{Duration, Instant};
 
 use channel_layer::redis::{RedisConfig, RedisLayer};
 use channel_layer::{AnyLayer, ChannelLayer, ChannelLayerExt};
-use common::{median, message, rpc_by_hand, rpc_toolkit};
+use common::{Spread, median, message, rpc_by_hand, rpc_toolkit};
 use support::redis_server::RedisServer;
 
 const MEMBERS: usize = 100;
-
-/// The median of what was measured, if anything was.
-fn median_of(v: Vec<f64>) -> Option<f64> {
-    (!v.is_empty()).then(|| median(v))
-}
 
 fn layer(server: &RedisServer, prefix: &str, prefetch: usize) -> RedisLayer {
     let mut config = RedisConfig::new(server.url());
@@ -123,34 +119,49 @@ fn toolkit(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {
     rpc_toolkit(service, AnyLayer::new(layer(server, &prefix, 0)), k, 200)
 }
 
-/// Runs the peers' `bench_channels.py` for channels_redis on `server`; the JSON line it prints.
-fn python(server: &RedisServer, scenario: &str, extra: &[&str]) -> Option<serde_json::Value> {
+/// Runs channels_redis on `server` (`benches/peers/channels_redis_bench.py`, in the venv the
+/// interop tests use, installed on first use); the JSON object it prints.
+fn python(server: &RedisServer, scenario: &str, count: usize) -> Option<serde_json::Value> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let peers =
-        std::env::var_os("PEERS_DIR").map_or_else(|| root.join("../shared/peers"), PathBuf::from);
-    let script = peers.join("bench_channels.py");
-    let python = root.join("target/interop-venv/bin/python");
-    if !script.exists() || !python.exists() {
-        return None;
-    }
+    let script = root.join("benches/peers/channels_redis_bench.py");
+    let python = support::python::venv_python(&support::python::python_venv()?);
     let out = Command::new(python)
         .arg(script)
-        .args([
-            "--layer",
-            "redis",
-            "--scenario",
-            scenario,
-            "--redis",
-            &server.url(),
-        ])
-        .args(extra)
+        .args([scenario, &server.url(), &count.to_string()])
         .output()
         .ok()?;
+    if !out.status.success() {
+        println!(
+            "channels_redis {scenario} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
     let line = String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()?
         .to_owned();
     serde_json::from_str(&line).ok()
+}
+
+/// One loopback round trip to the server (`PING`, answered `+PONG`) on a plain socket, in
+/// microseconds: p50 of `n`.
+fn ping_round_trip(server: &RedisServer, n: usize) -> f64 {
+    use std::io::{Read, Write};
+    let mut socket =
+        std::net::TcpStream::connect(("127.0.0.1", server.port())).expect("connect to redis");
+    socket.set_nodelay(true).expect("nodelay");
+    let mut buf = [0u8; 7];
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + 100 {
+        let t = Instant::now();
+        socket.write_all(b"PING\r\n").expect("ping");
+        socket.read_exact(&mut buf).expect("pong");
+        if i >= 100 {
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    median(lat)
 }
 
 fn redis_benchmark_zadd(server: &RedisServer) -> Option<f64> {
@@ -177,72 +188,84 @@ fn redis_benchmark_zadd(server: &RedisServer) -> Option<f64> {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let reps = if quick { 1 } else { 3 };
+    let reps = if quick { 3 } else { 5 };
     let Some(server) = RedisServer::start() else {
         println!("redis-server is not available: nothing to measure");
         return;
     };
     println!(
-        "channel-layer over redis vs channels_redis 4.3 (Python), one private loopback redis-server, medians of {reps}"
+        "channel-layer over redis beside channels_redis 4.3 (Python) and the server's own figures, one private loopback redis-server; median [min-max] of {reps} runs"
     );
+    println!("machine: {}", common::machine());
 
     let n = if quick { 5_000 } else { 20_000 };
-    let blocking = median((0..reps).map(|r| p2p(&server, n, false, r)).collect());
-    let pipelined = median((0..reps).map(|r| p2p(&server, n * 5, true, r)).collect());
-    let py = median_of(
-        (0..reps)
-            .filter_map(|_| python(&server, "p2p", &["--n", "3000"]))
-            .filter_map(|j| j["msgs_per_s"].as_f64())
-            .collect(),
-    );
-    let zadd = redis_benchmark_zadd(&server);
-    println!(
-        "p2p:     blocking sends {blocking:>10.0} msg/s | pipelined sends {pipelined:>10.0} msg/s"
-    );
-    if let Some(py) = py {
+    let blocking = Spread::of((0..reps).map(|r| p2p(&server, n, false, r)).collect());
+    let pipelined = Spread::of((0..reps).map(|r| p2p(&server, n * 5, true, r)).collect());
+    let py: Vec<f64> = (0..reps)
+        .filter_map(|_| python(&server, "p2p", 3000))
+        .filter_map(|j| j["msgs_per_s"].as_f64())
+        .collect();
+    let zadd: Vec<f64> = (0..reps)
+        .filter_map(|_| redis_benchmark_zadd(&server))
+        .collect();
+    println!("p2p          blocking sends {blocking} msg/s | pipelined sends {pipelined} msg/s");
+    if !py.is_empty() {
+        let py = Spread::of(py);
         println!(
-            "         channels_redis {py:.0} msg/s: ratio blocking {:.1}x, pipelined {:.1}x",
-            blocking / py,
-            pipelined / py
+            "             channels_redis {py} msg/s: ratio blocking {:.1}x, pipelined {:.1}x",
+            blocking.median / py.median,
+            pipelined.median / py.median
         );
     }
-    if let Some(zadd) = zadd {
+    if !zadd.is_empty() {
+        let zadd = Spread::of(zadd);
         println!(
-            "         redis-benchmark -P 16 ZADD {zadd:.0}/s: pipelined p2p is {:.2} of it",
-            pipelined / zadd
+            "             redis-benchmark -P 16 ZADD {zadd}/s: pipelined p2p is {:.2} of it",
+            pipelined.median / zadd.median
         );
     }
 
     let groups = if quick { 300 } else { 1_000 };
-    let ours = median((0..reps).map(|r| fanout(&server, groups, r)).collect());
-    let py = python(&server, "fanout", &["--groups", "300"])
-        .and_then(|j| j["deliveries_per_s"].as_f64());
-    match py {
-        Some(py) => println!(
-            "fan-out: {ours:>10.0} deliveries/s | channels_redis {py:>8.0} | ratio {:.1}x",
-            ours / py
-        ),
-        None => println!("fan-out: {ours:>10.0} deliveries/s"),
+    let ours = Spread::of((0..reps).map(|r| fanout(&server, groups, r)).collect());
+    let py: Vec<f64> = (0..reps.min(3))
+        .filter_map(|_| python(&server, "fanout", 100))
+        .filter_map(|j| j["deliveries_per_s"].as_f64())
+        .collect();
+    if py.is_empty() {
+        println!("fan-out 100  ours {ours} deliveries/s");
+    } else {
+        let py = Spread::of(py);
+        println!(
+            "fan-out 100  ours {ours} deliveries/s | channels_redis {py} | ratio {:.1}x",
+            ours.median / py.median
+        );
     }
 
     let k = if quick { 500 } else { 2_000 };
+    let rtt = Spread::of((0..reps).map(|_| ping_round_trip(&server, k)).collect());
     let runs: Vec<(f64, f64)> = (0..reps).map(|r| rpc(&server, k, r)).collect();
-    let p50 = median(runs.iter().map(|r| r.0).collect());
-    let p99 = median(runs.iter().map(|r| r.1).collect());
-    let py = python(&server, "rpc", &["--k", "1000"]);
-    let py50 = py.as_ref().and_then(|j| j["p50_us"].as_f64());
-    let py99 = py.as_ref().and_then(|j| j["p99_us"].as_f64());
-    match (py50, py99) {
-        (Some(a), Some(b)) => println!(
-            "rpc:     p50 {p50:.0} µs p99 {p99:.0} µs | channels_redis p50 {a:.0} µs p99 {b:.0} µs | p50 is {:.2} of theirs",
-            p50 / a
-        ),
-        _ => println!("rpc:     p50 {p50:.0} µs p99 {p99:.0} µs"),
+    let p50 = Spread::of(runs.iter().map(|r| r.0).collect());
+    let p99 = Spread::of(runs.iter().map(|r| r.1).collect());
+    println!(
+        "rpc          ours p50 {p50} µs, p99 {p99} µs | one loopback round trip (PING) {rtt} µs | p50 = {:.1} round trips",
+        p50.median / rtt.median
+    );
+    let py: Vec<(f64, f64)> = (0..reps.min(3))
+        .filter_map(|_| python(&server, "rpc", 1000))
+        .filter_map(|j| Some((j["p50_us"].as_f64()?, j["p99_us"].as_f64()?)))
+        .collect();
+    if !py.is_empty() {
+        let a = Spread::of(py.iter().map(|r| r.0).collect());
+        let b = Spread::of(py.iter().map(|r| r.1).collect());
+        println!(
+            "             channels_redis p50 {a} µs, p99 {b} µs | our p50 is {:.2} of theirs",
+            p50.median / a.median
+        );
     }
     let runs: Vec<(f64, f64)> = (0..reps).map(|r| toolkit(&server, k, r)).collect();
     println!(
-        "rpc toolkit: Client::request -> Worker p50 {:.0} µs p99 {:.0} µs",
-        median(runs.iter().map(|r| r.0).collect()),
-        median(runs.iter().map(|r| r.1).collect())
+        "rpc toolkit  Client::request -> Worker p50 {} µs, p99 {} µs",
+        Spread::of(runs.iter().map(|r| r.0).collect()),
+        Spread::of(runs.iter().map(|r| r.1).collect())
     );
 }

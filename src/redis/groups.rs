@@ -152,13 +152,24 @@ impl Inner {
         message: Message,
     ) -> Result<GroupSendReport, LayerError> {
         self.layer_config().check_message(&message)?;
+        if let Some(cmd) = self.one_trip_group_send(group, &message)? {
+            return self.run_one_trip_group_send(group, cmd).await;
+        }
         let (server, cmd) = self.members_command(group)?;
         let what = format!(
             "reading the members of redis key {:?}",
             self.group_key(group)
         );
         let members = member_names(one_value(self.exec(server, vec![cmd]).await?, &what)?);
-        let mut report = GroupSendReport::default();
+        let mut report = GroupSendReport {
+            // A member name that is not a channel name (written by some other client) gets
+            // nothing, and is counted.
+            skipped_failed: members
+                .iter()
+                .filter(|m| validate_channel(m).is_err())
+                .count(),
+            ..GroupSendReport::default()
+        };
         for (server, (cmd, bundles)) in self.group_deliveries(&message, &members)? {
             let reply = self.exec(server, vec![cmd]).await?;
             let (expired, failed) =
@@ -176,6 +187,88 @@ impl Inner {
                 }
             }
         }
+        self.count_group_send(&report);
+        Ok(report)
+    }
+
+    /// The whole group send as one script, where the layout allows it (one server, no
+    /// encryption, one capacity for every channel: see `GROUP_SEND` in `scripts.rs`); `None`
+    /// where the two steps must stay apart.
+    pub(super) fn one_trip_group_send(
+        &self,
+        group: &str,
+        message: &Message,
+    ) -> Result<Option<Cmd>, LayerError> {
+        self.check_open()?;
+        validate_group(group)?;
+        if self.servers.len() != 1
+            || self.codec.encrypts()
+            || !self.layer_config().channel_capacity.is_empty()
+        {
+            return Ok(None);
+        }
+        let (count, entries) = self
+            .codec
+            .entries(message)
+            .map_err(|e| MessageError::Encode(e.to_string()))?;
+        let now = wall_clock();
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(&scripts().group_send.sha)
+            .arg(1)
+            .arg(self.group_key(group))
+            .arg(now - self.layer_config().group_expiry.as_secs_f64())
+            .arg(now)
+            .arg(now - self.expiry_secs())
+            .arg(self.ttl_millis())
+            .arg(&self.config.prefix)
+            .arg(self.layer_config().capacity)
+            .arg(self.codec.random_prefix())
+            .arg(count)
+            .arg(entries)
+            .arg(crate::name::MAX_NAME_LENGTH);
+        Ok(Some(cmd))
+    }
+
+    async fn run_one_trip_group_send(
+        &self,
+        group: &str,
+        cmd: Cmd,
+    ) -> Result<GroupSendReport, LayerError> {
+        let reply = one_value(self.exec(0, vec![cmd]).await?, "group send")?;
+        let mut report = GroupSendReport::default();
+        let mut failed_keys = 0u64;
+        if let ::redis::Value::Array(items) = reply {
+            for (i, item) in items.into_iter().enumerate() {
+                match (i, item) {
+                    (0, ::redis::Value::Int(n)) => {
+                        Counters::add(&self.counters.expired, u64::try_from(n).unwrap_or(0));
+                    }
+                    (1, ::redis::Value::Int(n)) => {
+                        report.delivered = usize::try_from(n).unwrap_or(0)
+                    }
+                    (2, ::redis::Value::Int(n)) => {
+                        report.skipped_full = usize::try_from(n).unwrap_or(0);
+                    }
+                    (3, ::redis::Value::Int(n)) => {
+                        report.skipped_failed = usize::try_from(n).unwrap_or(0);
+                    }
+                    (_, _key) => {
+                        failed_keys += 1;
+                        #[cfg(feature = "tracing")]
+                        if let ::redis::Value::BulkString(key) = &_key {
+                            tracing::warn!(
+                                group,
+                                key = %String::from_utf8_lossy(key),
+                                "group_send skipped a member whose redis key holds another type of data"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = group;
+        Counters::add(&self.counters.backend_errors, failed_keys);
         self.count_group_send(&report);
         Ok(report)
     }

@@ -92,6 +92,96 @@ end
 return out
 ";
 
+/// A whole `group_send` on a layer of one server, in one round trip: drop lapsed
+/// memberships, read the members, and deliver one copy per channel key, as §3.7 of
+/// [the contract](crate::contract) describes in two steps (this script does both).
+///
+/// Used only where the script can know everything the client would: one server (so every key
+/// is on it), no encryption (each copy's `__asgi_channel__` is spliced into the msgpack here,
+/// which an encrypted body would not allow) and one capacity for every channel (no
+/// per-channel rules, whose patterns only the client can match).
+///
+/// KEYS[1] group key. ARGV: 1 membership cutoff, 2 score (now), 3 message expiry cutoff, 4 TTL
+/// in milliseconds, 5 channel key prefix, 6 capacity, 7 random member prefix, 8 the message's
+/// entry count, 9 the msgpack of its entries (without the map header), 10 the longest channel
+/// name accepted. Returns `{expired, delivered, skipped_full, skipped_failed, failed keys...}`,
+/// counting members; a member whose name is not a valid channel name counts as failed.
+const GROUP_SEND: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local function len_header(n, fix, fix_max, b16, b32)
+  if n <= fix_max then
+    return string.char(fix + n)
+  elseif n < 65536 then
+    return string.char(b16, math.floor(n / 256), n % 256)
+  end
+  return string.char(b32, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+local function mp_str(s)
+  local n = #s
+  if n < 32 then
+    return string.char(0xa0 + n) .. s
+  elseif n < 256 then
+    return string.char(0xd9, n) .. s
+  end
+  return string.char(0xda, math.floor(n / 256), n % 256) .. s
+end
+local max_len = tonumber(ARGV[10])
+local out = {0, 0, 0, 0}
+local order = {}
+local buckets = {}
+for _, name in ipairs(members) do
+  local bang = string.find(name, '!', 1, true)
+  local non_local = name
+  local ok = #name < max_len
+  if bang then
+    non_local = string.sub(name, 1, bang)
+    local rest = string.sub(name, bang + 1)
+    ok = ok and bang > 1 and string.find(string.sub(name, 1, bang - 1), '^[%w%._%-]+$') ~= nil
+      and string.find(rest, '^[%w%._%-]*$') ~= nil
+  else
+    ok = ok and string.find(name, '^[%w%._%-]+$') ~= nil
+  end
+  if ok then
+    local names = buckets[non_local]
+    if not names then
+      names = {}
+      buckets[non_local] = names
+      order[#order + 1] = non_local
+    end
+    names[#names + 1] = name
+  else
+    out[4] = out[4] + 1
+  end
+end
+local head = len_header(tonumber(ARGV[8]) + 1, 0x80, 15, 0xde, 0xdf) .. ARGV[9] .. mp_str('__asgi_channel__')
+local capacity = tonumber(ARGV[6])
+for _, non_local in ipairs(order) do
+  local names = buckets[non_local]
+  local key = ARGV[5] .. non_local
+  local pruned = redis.pcall('ZREMRANGEBYSCORE', key, 0, ARGV[3])
+  if type(pruned) == 'table' and pruned.err then
+    out[4] = out[4] + #names
+    out[#out + 1] = key
+  else
+    out[1] = out[1] + pruned
+    if redis.call('ZCARD', key) < capacity then
+      local parts = {ARGV[7], head, len_header(#names, 0x90, 15, 0xdc, 0xdd)}
+      for _, name in ipairs(names) do
+        parts[#parts + 1] = mp_str(name)
+      end
+      redis.call('ZADD', key, ARGV[2], table.concat(parts))
+      redis.call('PEXPIRE', key, ARGV[4])
+      out[2] = out[2] + #names
+    else
+      out[3] = out[3] + #names
+    end
+  end
+end
+return out
+";
+
 /// Flush: count the messages in the channel keys among KEYS (not group keys, which hold
 /// memberships, nor wake keys), then delete every key. KEYS: keys found by `SCAN`. ARGV: 1 the
 /// group key prefix, 2 the text that marks wake keys. Returns how many messages were dropped.
@@ -121,16 +211,18 @@ pub(crate) struct Scripts {
     pub(crate) send_many: Script,
     pub(crate) group_deliver: Script,
     pub(crate) group_members: Script,
+    pub(crate) group_send: Script,
     pub(crate) flush: Script,
 }
 
 impl Scripts {
-    pub(crate) fn all(&self) -> [&Script; 5] {
+    pub(crate) fn all(&self) -> [&Script; 6] {
         [
             &self.send,
             &self.send_many,
             &self.group_deliver,
             &self.group_members,
+            &self.group_send,
             &self.flush,
         ]
     }
@@ -143,6 +235,7 @@ pub(crate) fn scripts() -> &'static Scripts {
         send_many: Script::new(SEND_MANY),
         group_deliver: Script::new(GROUP_DELIVER),
         group_members: Script::new(GROUP_MEMBERS),
+        group_send: Script::new(GROUP_SEND),
         flush: Script::new(FLUSH),
     })
 }
@@ -159,6 +252,7 @@ mod tests {
             &s.send_many,
             &s.group_deliver,
             &s.group_members,
+            &s.group_send,
             &s.flush,
         ] {
             assert!(all.contains(&script.sha.as_str()));

@@ -664,6 +664,41 @@ impl Codec {
         Ok(member)
     }
 
+    /// Whether members are encrypted (`symmetric_encryption_keys`).
+    pub(crate) fn encrypts(&self) -> bool {
+        #[cfg(feature = "redis-encryption")]
+        return self.crypto.is_some();
+        #[cfg(not(feature = "redis-encryption"))]
+        false
+    }
+
+    /// A fresh random member prefix.
+    pub(crate) fn random_prefix(&self) -> Vec<u8> {
+        let mut prefix = vec![0; self.random_prefix_length];
+        rand::rng().fill_bytes(&mut prefix);
+        prefix
+    }
+
+    /// The message's entry count and the msgpack of its entries without the map's header, for
+    /// a server-side script to add `__asgi_channel__` to (never encrypted: the caller checks
+    /// [`Codec::encrypts`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::pack`].
+    pub(crate) fn entries(&self, message: &Message) -> Result<(usize, Vec<u8>), EncodeError> {
+        let mut body = Vec::new();
+        encode_limited(message, AsgiChannel::None, &self.limits, &mut body)?;
+        // The header is a fixmap (one byte), map16 (three) or map32 (five).
+        let header = match body.first() {
+            Some(0xde) => 3,
+            Some(0xdf) => 5,
+            _ => 1,
+        };
+        body.drain(..header.min(body.len()));
+        Ok((message.len(), body))
+    }
+
     /// Reads a sorted-set member: strips the prefix, decrypts if keys are configured (refusing
     /// tokens older than `expiry_secs` + 10 s, as channels_redis does), and decodes.
     ///
