@@ -186,6 +186,31 @@ fn redis_benchmark_zadd(server: &RedisServer) -> Option<f64> {
     row.split(',').nth(1)?.trim_matches('"').parse().ok()
 }
 
+/// `redis-benchmark -c 1` PING: one client, one request at a time, through its event loop;
+/// the microseconds per request.
+fn redis_benchmark_ping_c1(server: &RedisServer) -> Option<f64> {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "--csv",
+            "-n",
+            "20000",
+            "-c",
+            "1",
+            "-t",
+            "ping",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.starts_with("\"PING_MBULK\""))?;
+    let rps: f64 = row.split(',').nth(1)?.trim_matches('"').parse().ok()?;
+    Some(1e6 / rps)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 3 } else { 5 };
@@ -243,6 +268,9 @@ fn main() {
 
     let k = if quick { 500 } else { 2_000 };
     let rtt = Spread::of((0..reps).map(|_| ping_round_trip(&server, k)).collect());
+    let c1: Vec<f64> = (0..reps)
+        .filter_map(|_| redis_benchmark_ping_c1(&server))
+        .collect();
     let runs: Vec<(f64, f64)> = (0..reps).map(|r| rpc(&server, k, r)).collect();
     let p50 = Spread::of(runs.iter().map(|r| r.0).collect());
     let p99 = Spread::of(runs.iter().map(|r| r.1).collect());
@@ -250,6 +278,13 @@ fn main() {
         "rpc          ours p50 {p50} µs, p99 {p99} µs | one loopback round trip (PING) {rtt} µs | p50 = {:.1} round trips",
         p50.median / rtt.median
     );
+    if !c1.is_empty() {
+        let c1 = Spread::of(c1);
+        println!(
+            "             redis-benchmark -c 1 PING {c1} µs per request (its event loop sleeps and wakes each time) | p50 = {:.1} of those",
+            p50.median / c1.median
+        );
+    }
     let py: Vec<(f64, f64)> = (0..reps.min(3))
         .filter_map(|_| python(&server, "rpc", 1000))
         .filter_map(|j| Some((j["p50_us"].as_f64()?, j["p99_us"].as_f64()?)))

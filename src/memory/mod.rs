@@ -32,7 +32,7 @@ use crate::runtime::{Sweep, TimerSlot, sweep_every};
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// How many doubling rounds of pauses a waiting receive spins (1 + 2 + ... + 64 pauses) before
-/// it only yields between looks.
+/// it yields after each further round of 64.
 const SPIN_STEPS: u32 = 7;
 
 /// Length of the random process id and of the random local part in minted names.
@@ -324,9 +324,9 @@ impl Inner {
         // and, on virtual machines whose idle CPUs halt, tens of microseconds to wake up. The
         // watch reads the shard's delivery counter, not its lock, so it slows nobody down.
         //
-        // It spins only briefly (127 pauses in all, as crossbeam's `Backoff` does), then yields
-        // between looks: when the producer shares this core, spinning cannot help, and a yield
-        // lets it run at once.
+        // It spins in doubling rounds up to 64 pauses (127 in all, as crossbeam's `Backoff`
+        // does), then yields after every further round of 64: when the producer shares this
+        // core, spinning cannot help, and a yield lets it run at once.
         let pushes = &self.shards[key.shard()].pushes;
         let watch_until = Instant::now() + SPIN_BEFORE_PARK;
         let mut first = true;
@@ -343,14 +343,13 @@ impl Inner {
                 first = false;
             }
             for step in 0u32.. {
-                if step < SPIN_STEPS {
-                    for _ in 0..1u32 << step {
-                        if pushes.load(Ordering::Relaxed) != seen {
-                            continue 'watch;
-                        }
-                        std::hint::spin_loop();
+                for _ in 0..1u32 << step.min(SPIN_STEPS - 1) {
+                    if pushes.load(Ordering::Relaxed) != seen {
+                        continue 'watch;
                     }
-                } else {
+                    std::hint::spin_loop();
+                }
+                if step >= SPIN_STEPS {
                     let now = Instant::now();
                     if now >= watch_until || deadline.is_some_and(|d| now >= d) {
                         break 'watch;
