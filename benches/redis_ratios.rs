@@ -164,51 +164,38 @@ fn ping_round_trip(server: &RedisServer, n: usize) -> f64 {
     median(lat)
 }
 
-fn redis_benchmark_zadd(server: &RedisServer) -> Option<f64> {
+/// Runs `redis-benchmark` against `server` with `args`; the requests per second of the test
+/// whose CSV row is named `test`.
+fn redis_benchmark(server: &RedisServer, args: &[&str], test: &str) -> Option<f64> {
+    let port = server.port().to_string();
     let out = Command::new("redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port().to_string(),
-            "--csv",
-            "-n",
-            "200000",
-            "-P",
-            "16",
-            "-t",
-            "zadd",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port, "--csv"])
+        .args(args)
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let row = text.lines().find(|l| l.starts_with("\"ZADD\""))?;
+    let row = text.lines().find(|l| {
+        l.strip_prefix('"')
+            .and_then(|l| l.strip_prefix(test))
+            .is_some_and(|l| l.starts_with('"'))
+    })?;
     row.split(',').nth(1)?.trim_matches('"').parse().ok()
+}
+
+/// `redis-benchmark -P 16` ZADD: the server's own pipelined rate.
+fn redis_benchmark_zadd(server: &RedisServer) -> Option<f64> {
+    redis_benchmark(server, &["-n", "200000", "-P", "16", "-t", "zadd"], "ZADD")
 }
 
 /// `redis-benchmark -c 1` PING: one client, one request at a time, through its event loop;
 /// the microseconds per request.
 fn redis_benchmark_ping_c1(server: &RedisServer) -> Option<f64> {
-    let out = Command::new("redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port().to_string(),
-            "--csv",
-            "-n",
-            "20000",
-            "-c",
-            "1",
-            "-t",
-            "ping",
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let row = text.lines().find(|l| l.starts_with("\"PING_MBULK\""))?;
-    let rps: f64 = row.split(',').nth(1)?.trim_matches('"').parse().ok()?;
-    Some(1e6 / rps)
+    redis_benchmark(
+        server,
+        &["-n", "20000", "-c", "1", "-t", "ping"],
+        "PING_MBULK",
+    )
+    .map(|rps| 1e6 / rps)
 }
 
 fn main() {
