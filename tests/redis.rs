@@ -394,3 +394,47 @@ fn group_send_counts_members_that_are_not_channel_names() {
         assert!(layer.receive_timeout(&good, Duration::from_secs(5)).is_ok());
     }
 }
+
+/// The calls of one command the server has run since the last `CONFIG RESETSTAT`.
+fn calls_of(server: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    server
+        .command(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(prefix.as_str())?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_waiting_receive_costs_one_take_and_one_block() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let receiver = layer_on(&server, LayerConfig::default());
+    let sender = layer_on(&server, LayerConfig::default());
+    // Connections made and scripts loaded first.
+    sender.send("warm", Message::new("x")).unwrap();
+    receiver
+        .receive_timeout("warm", Duration::from_secs(5))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.command(&["CONFIG", "RESETSTAT"]).starts_with("+OK"));
+    let waiting = {
+        let receiver = receiver.clone();
+        std::thread::spawn(move || receiver.receive_timeout("rpc.reply", Duration::from_secs(10)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    sender.send("rpc.reply", Message::new("answer")).unwrap();
+    let got = waiting.join().unwrap().unwrap();
+    assert_eq!(got.message_type(), Some("answer"));
+    // The receive's own take found nothing; the puller it woke blocked on the key at once
+    // (a `BZPOPMIN` returns a message already there, so no pass of its own went first).
+    assert_eq!(calls_of(&server, "zpopmin"), 1);
+    assert!(calls_of(&server, "bzpopmin") >= 1);
+}

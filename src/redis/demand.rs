@@ -37,6 +37,10 @@ pub(super) struct PullSet {
     taking: HashSet<String>,
     /// Counts the pullers' passes over their keys (each recomputes `blocking_on`).
     generation: u64,
+    /// How many pullers are inside `BZPOPMIN` now. Only those need a wake-up when what they
+    /// should wait on changes: a puller between two blocks looks at the demand again before
+    /// it blocks ([`Inner::enter_block`]).
+    blocked: usize,
 }
 
 /// One key a puller takes from, and how many messages at most per round trip.
@@ -77,7 +81,8 @@ impl Drop for Taking {
         let inner = &self.inner;
         let mut pull = inner.pull.lock();
         pull.taking.remove(&self.name);
-        let wake = inner.needed(&mut pull).contains_key(&self.name)
+        let wake = pull.blocked > 0
+            && inner.needed(&mut pull).contains_key(&self.name)
             && !pull.blocking_on.contains(&self.name);
         drop(pull);
         if wake {
@@ -103,7 +108,7 @@ impl Drop for DemandGuard<'_> {
         }
         // The key stays in `blocking_on` until the puller recomputes its keys: until then no
         // receiver here takes from it directly, so it has one taker and keeps its order.
-        let stale = inner.stale_puller(&mut pull, &self.channel);
+        let stale = pull.blocked > 0 && inner.stale_puller(&mut pull, &self.channel);
         drop(pull);
         if stale {
             inner.wake_pullers();
@@ -199,13 +204,7 @@ impl Inner {
     /// found holding another type of data are left out for [`BAD_KEY_RECHECK`].
     pub(crate) fn pull_keys(&self) -> Vec<PullKey> {
         let mut pull = self.pull.lock();
-        let mut needed = self.needed(&mut pull);
-        needed.retain(|name, _| !pull.taking.contains(name));
-        {
-            let mut bad = self.bad_keys.lock();
-            bad.retain(|_, (at, _)| at.elapsed() < BAD_KEY_RECHECK);
-            needed.retain(|name, _| !bad.contains_key(name));
-        }
+        let needed = self.keys_to_pull(&mut pull);
         let keys: Vec<PullKey> = needed
             .iter()
             .map(|(name, &count)| PullKey {
@@ -223,6 +222,37 @@ impl Inner {
         drop(pull);
         self.pulled_keys.notify_all();
         keys
+    }
+
+    /// The keys the pullers should wait on now: those of the demand, less the ones taken from
+    /// directly and the ones holding another type of data.
+    fn keys_to_pull(&self, pull: &mut PullSet) -> HashMap<String, usize> {
+        let mut needed = self.needed(pull);
+        needed.retain(|name, _| !pull.taking.contains(name));
+        let mut bad = self.bad_keys.lock();
+        bad.retain(|_, (at, _)| at.elapsed() < BAD_KEY_RECHECK);
+        needed.retain(|name, _| !bad.contains_key(name));
+        needed
+    }
+
+    /// Called by a puller about to block on the keys of its last pass: `false` if the demand
+    /// changed since (it passes again instead), else it counts as blocked until
+    /// [`Inner::leave_block`]. Receivers that change the demand meanwhile wake it.
+    pub(crate) fn enter_block(&self) -> bool {
+        let mut pull = self.pull.lock();
+        let keys = self.keys_to_pull(&mut pull);
+        let same = keys.len() == pull.blocking_on.len()
+            && keys.keys().all(|k| pull.blocking_on.contains(k));
+        if same {
+            pull.blocked += 1;
+        }
+        same
+    }
+
+    /// A puller's `BZPOPMIN` returned (or failed).
+    pub(crate) fn leave_block(&self) {
+        let mut pull = self.pull.lock();
+        pull.blocked = pull.blocked.saturating_sub(1);
     }
 
     /// Whether a puller is blocked on `channel`'s key for nobody: the receivers it was taking

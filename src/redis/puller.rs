@@ -117,7 +117,10 @@ fn pack(cmds: &[Cmd]) -> Vec<u8> {
 fn pull_once(layer: &Arc<Inner>, pool: &Pool, conn: &mut Connection) -> Result<(), BackendError> {
     let timeouts: Timeouts = pool.timeouts();
     let keys = layer.pull_keys();
-    if !keys.is_empty() {
+    // One message from one key: `BZPOPMIN` returns at once when the key holds one, so a pass
+    // before it would only cost a round trip (a receive's reply waits on this).
+    let single = keys.len() == 1 && keys[0].count == 1;
+    if !keys.is_empty() && !single {
         let cmds: Vec<Cmd> = keys
             .iter()
             .map(|k| {
@@ -179,10 +182,14 @@ fn block(
         cmd.arg(&k.key);
     }
     cmd.arg(BLOCK_SECS);
+    if !layer.enter_block() {
+        // The demand changed during the pass: pass again over the new keys.
+        return Ok(());
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(BLOCK_SECS) + timeouts.reply_guard;
-    let mut replies = conn
-        .exchange(&cmd.get_packed_command(), 1, Some(deadline))
-        .inspect_err(|e| layer.take_lost(e, 1))?;
+    let exchanged = conn.exchange(&cmd.get_packed_command(), 1, Some(deadline));
+    layer.leave_block();
+    let mut replies = exchanged.inspect_err(|e| layer.take_lost(e, 1))?;
     // A key that turned to another type since the pass above: the next pass names it.
     let reply = check_reply("waiting for messages in redis", replies.remove(0))?;
     let Value::Array(mut parts) = reply else {
