@@ -9,7 +9,7 @@ use super::codec::AsgiChannel;
 use super::replies::{all_ok, ints, member_names, one_value, scanned, tally};
 use super::scripts::scripts;
 use super::{Inner, wall_clock};
-use crate::error::LayerError;
+use crate::error::{BackendError, LayerError};
 use crate::layer::ChannelLayer as _;
 use crate::layer::GroupSendReport;
 use crate::message::{Message, MessageError};
@@ -153,7 +153,8 @@ impl Inner {
     ) -> Result<GroupSendReport, LayerError> {
         self.layer_config().check_message(&message)?;
         if let Some(cmd) = self.one_trip_group_send(group, &message)? {
-            return self.run_one_trip_group_send(group, cmd).await;
+            let reply = self.exec(0, vec![cmd]).await;
+            return self.one_trip_report(group, reply);
         }
         let (server, cmd) = self.members_command(group)?;
         let what = format!(
@@ -229,12 +230,30 @@ impl Inner {
         Ok(Some(cmd))
     }
 
-    async fn run_one_trip_group_send(
+    /// A blocking group send: the one-script form on the caller's thread (one round trip,
+    /// no hand-off to the command thread), else the two steps.
+    pub(super) fn group_send_blocking(
         &self,
         group: &str,
-        cmd: Cmd,
+        message: Message,
     ) -> Result<GroupSendReport, LayerError> {
-        let reply = one_value(self.exec(0, vec![cmd]).await?, "group send")?;
+        self.layer_config().check_message(&message)?;
+        match self.one_trip_group_send(group, &message)? {
+            Some(cmd) => {
+                let reply = self.servers[0].commands.run(&[cmd]);
+                self.one_trip_report(group, reply)
+            }
+            None => crate::runtime::block_on(self.group_send(group, message)),
+        }
+    }
+
+    /// Reads and counts the answer of the one-script group send.
+    fn one_trip_report(
+        &self,
+        group: &str,
+        reply: Result<Vec<::redis::Value>, BackendError>,
+    ) -> Result<GroupSendReport, LayerError> {
+        let reply = one_value(reply?, "group send")?;
         let mut report = GroupSendReport::default();
         let mut failed_keys = 0u64;
         if let ::redis::Value::Array(items) = reply {

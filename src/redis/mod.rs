@@ -404,7 +404,7 @@ impl ChannelLayer for RedisLayer {
     }
 
     fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, LayerError> {
-        block_on(self.inner.group_send(group, message))
+        self.inner.group_send_blocking(group, message)
     }
 
     fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>> {

@@ -132,25 +132,23 @@ local out = {0, 0, 0, 0}
 local order = {}
 local buckets = {}
 for _, name in ipairs(members) do
-  local bang = string.find(name, '!', 1, true)
-  local non_local = name
-  local ok = #name < max_len
-  if bang then
-    non_local = string.sub(name, 1, bang)
-    local rest = string.sub(name, bang + 1)
-    ok = ok and bang > 1 and string.find(string.sub(name, 1, bang - 1), '^[%w%._%-]+$') ~= nil
-      and string.find(rest, '^[%w%._%-]*$') ~= nil
-  else
-    ok = ok and string.find(name, '^[%w%._%-]+$') ~= nil
+  -- A channel name: name characters, then at most one '!' and more of them. One match
+  -- checks a process-specific name and gives its non-local part (up to the '!').
+  local non_local = nil
+  if #name < max_len then
+    non_local = string.match(name, '^([%w%._%-]+!)[%w%._%-]*$')
+    if not non_local and string.find(name, '^[%w%._%-]+$') then
+      non_local = name
+    end
   end
-  if ok then
+  if non_local then
     local names = buckets[non_local]
     if not names then
       names = {}
       buckets[non_local] = names
       order[#order + 1] = non_local
     end
-    names[#names + 1] = name
+    names[#names + 1] = mp_str(name)
   else
     out[4] = out[4] + 1
   end
@@ -167,11 +165,9 @@ for _, non_local in ipairs(order) do
   else
     out[1] = out[1] + pruned
     if redis.call('ZCARD', key) < capacity then
-      local parts = {ARGV[7], head, len_header(#names, 0x90, 15, 0xdc, 0xdd)}
-      for _, name in ipairs(names) do
-        parts[#parts + 1] = mp_str(name)
-      end
-      redis.call('ZADD', key, ARGV[2], table.concat(parts))
+      local member = ARGV[7] .. head .. len_header(#names, 0x90, 15, 0xdc, 0xdd)
+        .. table.concat(names)
+      redis.call('ZADD', key, ARGV[2], member)
       redis.call('PEXPIRE', key, ARGV[4])
       out[2] = out[2] + #names
     else
