@@ -14,6 +14,7 @@
 //! - Every failure is counted in the layer's `backend_errors`, every connection made again
 //!   after a loss in `reconnects`, and both are reported as `tracing` events.
 
+mod resp;
 pub(crate) mod socket;
 pub(crate) mod thread;
 #[cfg(feature = "redis-tls")]

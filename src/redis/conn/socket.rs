@@ -1,7 +1,7 @@
 //! One connection to a Redis server, on a socket of this crate's own.
 //!
-//! The `redis` crate parses the server's URL, encodes the commands and parses the replies; the
-//! socket is kept here because the layer needs two things the `redis` crate's blocking
+//! The `redis` crate parses the server's URL and encodes the commands; replies are read by
+//! [`super::resp`] (for speed, see there). The socket is kept here because the layer needs two things the `redis` crate's blocking
 //! connection does not offer, and both are about losing nothing:
 //!
 //! - **A late reply is still read.** A reply to a pop carries messages already removed from
@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::{ConnectionAddr, Parser, Value};
+use ::redis::{ConnectionAddr, Value};
+
+use super::resp::{ReadError, Reader};
 
 use crate::error::{BackendError, BackendErrorKind, BuildError};
 
@@ -165,7 +167,7 @@ impl Endpoint {
         };
         let mut conn = Connection {
             stream,
-            parser: Parser::new(),
+            reader: Reader::default(),
             read_timeout: None,
         };
         let mut setup = Vec::new();
@@ -305,7 +307,7 @@ impl Write for Stream {
 /// A connection to one server. Any failure leaves it in an unknown state: drop it.
 pub(crate) struct Connection {
     stream: Stream,
-    parser: Parser,
+    reader: Reader,
     /// The socket's read timeout as last set, so a pipeline's many replies (mostly already
     /// buffered) do not each cost a system call.
     read_timeout: Option<Duration>,
@@ -398,16 +400,21 @@ impl Connection {
                 .map_err(|e| BackendError::new(io_kind(&e), format!("reading from redis: {e}")))?;
             self.read_timeout = wanted;
         }
-        self.parser.parse_value(&mut self.stream).map_err(|e| {
-            let kind = if e.is_timeout() {
-                BackendErrorKind::Timeout
-            } else if e.is_io_error() || e.is_connection_dropped() {
-                BackendErrorKind::Connection
-            } else {
-                BackendErrorKind::Protocol
-            };
-            BackendError::new(kind, format!("reading from redis: {e}"))
-        })
+        self.reader
+            .read_value(&mut self.stream)
+            .map_err(|e| match e {
+                ReadError::Io(e) => {
+                    BackendError::new(io_kind(&e), format!("reading from redis: {e}"))
+                }
+                ReadError::Closed => BackendError::new(
+                    BackendErrorKind::Connection,
+                    "reading from redis: the server closed the connection",
+                ),
+                ReadError::Protocol(what) => BackendError::new(
+                    BackendErrorKind::Protocol,
+                    format!("reading from redis: {what}"),
+                ),
+            })
     }
 }
 
