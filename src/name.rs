@@ -121,9 +121,22 @@ impl NameError {
     }
 }
 
+/// Which bytes a name may hold (`[A-Za-z0-9._-]`), as a table: names are checked on every
+/// new channel, so one lookup per byte.
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
+        b += 1;
+    }
+    table
+};
+
 #[inline]
 fn is_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+    NAME_BYTES[b as usize]
 }
 
 fn first_bad_char(offset: usize, part: &str) -> NameProblem {
@@ -158,6 +171,22 @@ fn check_plain(offset: usize, part: &str) -> Result<(), NameProblem> {
 
 fn channel_problem(name: &str) -> Result<(), NameProblem> {
     check_len(name)?;
+    // One pass on the way that names take (valid bytes, at most one `!`); the slow path below
+    // says exactly what is wrong.
+    let bytes = name.as_bytes();
+    let mut bang = None;
+    let mut clean = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'!' && bang.is_none() {
+            bang = Some(i);
+        } else if !is_name_byte(b) {
+            clean = false;
+            break;
+        }
+    }
+    if clean && bang != Some(0) && !bytes.is_empty() {
+        return Ok(());
+    }
     let (non_local, local) = match name.find('!') {
         Some(i) => (&name[..i], Some(&name[i + 1..])),
         None => (name, None),
