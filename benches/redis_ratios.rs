@@ -7,8 +7,8 @@
 //! (`target/interop-venv`, installed with pip on first use; without Python only our figures are
 //! printed). Scenarios:
 //! - p2p: one producer, one consumer, messages `{type, n, payload: 64 bytes}`: with blocking
-//!   sends (one round trip each) and with pipelined async sends (256 in flight) and a receive
-//!   prefetch of 256;
+//!   sends (one round trip each) and with pipelined async sends (a window of 256 kept in
+//!   flight) and a receive prefetch of 256;
 //! - fan-out: `group_send` to 100 members of this process, one receiver draining them;
 //! - rpc: a service answers on a fresh reply channel per request; p50 and p99 round trip;
 //! - and the server's own figures: `redis-benchmark -P 16` ZADD (its pipelined rate) and one
@@ -54,17 +54,21 @@ fn p2p(server: &RedisServer, n: usize, pipelined: bool, run: usize) -> f64 {
         }
     });
     if pipelined {
-        let mut i = 0;
-        while i < n {
-            let end = (i + 256).min(n);
-            let sends: Vec<_> = (i..end)
-                .map(|k| producer.send_async("bench.p2p", message(k)))
-                .collect();
-            for r in futures::executor::block_on(futures::future::join_all(sends)) {
-                r.expect("send");
+        // A window of 256 sends kept in flight: a new one starts as each one ends.
+        futures::executor::block_on(async {
+            use futures::StreamExt as _;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut k = 0;
+            while k < n || !in_flight.is_empty() {
+                while k < n && in_flight.len() < 256 {
+                    in_flight.push(producer.send_async("bench.p2p", message(k)));
+                    k += 1;
+                }
+                if let Some(r) = in_flight.next().await {
+                    r.expect("send");
+                }
             }
-            i = end;
-        }
+        });
     } else {
         for i in 0..n {
             producer.send("bench.p2p", message(i)).expect("send");

@@ -651,7 +651,10 @@ impl Codec {
         message: &Message,
         asgi_channel: AsgiChannel<'_>,
     ) -> Result<Vec<u8>, EncodeError> {
-        let mut member = vec![0; self.random_prefix_length];
+        // Room for a small message up front: growing from the prefix's length would
+        // reallocate four times on the way to a typical message's size.
+        let mut member = Vec::with_capacity(self.random_prefix_length + 256);
+        member.resize(self.random_prefix_length, 0);
         rand::rng().fill_bytes(&mut member);
         #[cfg(feature = "redis-encryption")]
         if let Some(crypto) = &self.crypto {
