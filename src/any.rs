@@ -46,7 +46,7 @@ impl AnyLayer {
     /// | URL | backend |
     /// |---|---|
     /// | `memory://` (or `memory:`) | [`InMemoryLayer`] |
-    /// | `redis://`, `rediss://`, `unix://`, `redis+unix://` (feature `redis`) | `RedisLayer`, see `RedisConfig::from_url` |
+    /// | `redis://`, `rediss://`, `unix://`, `redis+unix://`, `redis+sentinel://`, `rediss+sentinel://` (feature `redis`) | `RedisLayer`, see `RedisConfig::from_url` |
     /// | a scheme given to [`register_backend`] | that backend |
     ///
     /// Query parameters set options; every backend takes `capacity`, `expiry` and
@@ -124,7 +124,14 @@ impl From<InMemoryLayer> for AnyLayer {
 }
 
 /// The schemes of the Redis backend.
-const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "unix", "redis+unix"];
+const REDIS_SCHEMES: [&str; 6] = [
+    "redis",
+    "rediss",
+    "unix",
+    "redis+unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+];
 
 /// The schemes this build can open, sorted: `memory`, the Redis ones when the `redis` feature
 /// is on, and every registered one.

@@ -536,7 +536,7 @@ pub(crate) fn url_query(url: &str) -> &str {
 }
 
 /// The names of URL parameters whose values are secrets, shown as `***` in errors.
-const SECRET_PARAMS: [&str; 1] = ["symmetric_encryption_keys"];
+const SECRET_PARAMS: [&str; 2] = ["symmetric_encryption_keys", "sentinel_password"];
 
 /// The URL with its password (in `user:password@`) and secret parameters' values replaced by
 /// `***`, for error messages.

@@ -25,7 +25,12 @@ const URL_PARAMS: &[&str] = &[
     "symmetric_encryption_keys",
     "symmetric_encryption_keys_file",
     "db",
+    "sentinel_username",
+    "sentinel_password",
 ];
+
+/// The port a sentinel listens on when a URL gives none.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
 /// The largest key file read, in bytes: thousands of keys.
 #[cfg(feature = "redis-encryption")]
@@ -142,6 +147,13 @@ impl RedisConfig {
     ///   each host gets the same scheme, user, password, database and `#fragment`, in the
     ///   order written. IPv6 hosts go in brackets (`[::1]:6379`); an empty host is an error.
     /// - `unix:///path/to/redis.sock[?db=N]` or `redis+unix://...`: one server on a socket.
+    /// - Sentinel: `redis+sentinel://[user:password@]s1[:port],s2[:port]/MASTER[/db]`
+    ///   (`rediss+sentinel://` with TLS, to the sentinels and the master). The layer asks the
+    ///   sentinels (port 26379 unless given) for the address of the master named `MASTER`,
+    ///   and asks again whenever it reconnects, so it follows a failover to the promoted
+    ///   replica. The user and password are the master's; `sentinel_username` and
+    ///   `sentinel_password` log in to the sentinels, if they need it. Several master names
+    ///   (`/m1,m2/0`) shard the channels over those masters as several hosts do.
     ///
     /// The user and password are everything before the last `@`, passed on as written (a
     /// percent-encoded password stays encoded until the client decodes it); write `/`, `?`,
@@ -165,6 +177,7 @@ impl RedisConfig {
     /// | `symmetric_encryption_keys_file` | more keys, read now from a file of one key per line | feature `redis-encryption` |
     /// | `tls_ca_file` | a PEM root certificate, read now | feature `redis-tls` |
     /// | `db` | the database of a `unix://` socket | (for `redis://`, the path is the database) |
+    /// | `sentinel_username`, `sentinel_password` | the login to the sentinels of a `redis+sentinel://` URL | only there |
     ///
     /// Seconds may have fractions (`0.5`); numbers that are not finite, negative or out of range
     /// are errors. Each parameter but the key ones may be given once.
@@ -211,14 +224,15 @@ impl RedisConfig {
     /// off, or a key or certificate file that cannot be read.
     pub fn from_url(url: &str) -> Result<Self, BuildError> {
         let scheme = url_scheme(url)?;
-        let tcp = match scheme.as_str() {
-            "redis" | "rediss" => true,
-            "unix" | "redis+unix" => false,
+        let (tcp, sentinel) = match scheme.as_str() {
+            "redis" | "rediss" => (true, false),
+            "unix" | "redis+unix" => (false, false),
+            "redis+sentinel" | "rediss+sentinel" => (true, true),
             _ => {
                 return Err(BuildError::InvalidUrl {
                     url: redacted_url(url),
                     reason: format!(
-                        "{scheme}: is not a Redis URL (redis://, rediss://, unix://, redis+unix://)"
+                        "{scheme}: is not a Redis URL (redis://, rediss://, unix://, redis+unix://, redis+sentinel://, rediss+sentinel://)"
                     ),
                 });
             }
@@ -228,8 +242,19 @@ impl RedisConfig {
         config.layer = layer;
         let mut given = GivenOnce::default();
         let mut socket_db = None;
+        let mut sentinel_login: Vec<(&str, &str)> = Vec::new();
         for (name, value) in &params {
             match name.as_str() {
+                "sentinel_username" | "sentinel_password" if sentinel => {
+                    given.note(name, value)?;
+                    sentinel_login.push((name.as_str(), value.as_str()));
+                }
+                "sentinel_username" | "sentinel_password" => {
+                    return Err(BuildError::UnknownParameter {
+                        scheme,
+                        name: name.clone(),
+                    });
+                }
                 "symmetric_encryption_keys" | "symmetric_encryption_keys_file" => {
                     config.add_keys(name, value)?;
                 }
@@ -249,7 +274,9 @@ impl RedisConfig {
                 }
             }
         }
-        config.hosts = if tcp {
+        config.hosts = if sentinel {
+            sentinel_hosts(url, &scheme, &sentinel_login)?
+        } else if tcp {
             tcp_hosts(url, &scheme)?
         } else {
             vec![socket_host(url, socket_db)?]
@@ -481,6 +508,70 @@ fn tcp_hosts(url: &str, scheme: &str) -> Result<Vec<String>, BuildError> {
             return Err(invalid(format!("host {host:?} has no host name")));
         }
         hosts.push(parsed.to_string());
+    }
+    Ok(hosts)
+}
+
+/// One address per master a `redis+sentinel://` URL names: each
+/// `scheme://[userinfo@]sentinels/MASTER/db`, with the sentinels' login (if any) in its query,
+/// which [`super::conn`] reads.
+fn sentinel_hosts(
+    url: &str,
+    scheme: &str,
+    login: &[(&str, &str)],
+) -> Result<Vec<String>, BuildError> {
+    let invalid = |reason: String| BuildError::InvalidUrl {
+        url: redacted_url(url),
+        reason,
+    };
+    let form = format!(
+        "expected {scheme}://[user:password@]sentinel[:port][,sentinel[:port]...]/MASTER[,MASTER...][/db]"
+    );
+    let Some(rest) = url[scheme.len() + 1..].strip_prefix("//") else {
+        return Err(invalid(form));
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let path = &tail[..tail.find(['?', '#']).unwrap_or(tail.len())];
+    let fragment = tail.find('#').map_or("", |i| &tail[i..]);
+    let sentinels = authority.rsplit_once('@').map_or(authority, |(_, s)| s);
+    if sentinels.is_empty() || sentinels.split(',').any(str::is_empty) {
+        return Err(invalid(format!("a sentinel address is empty; {form}")));
+    }
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let masters = parts.next().unwrap_or_default();
+    let db = parts.next().unwrap_or("0");
+    if masters.is_empty() {
+        return Err(invalid(format!("the URL names no master; {form}")));
+    }
+    if db.parse::<u16>().is_err() {
+        return Err(invalid(format!("{db:?} is not a database number")));
+    }
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in login {
+        query.append_pair(name, value);
+    }
+    let query = query.finish();
+    let mut hosts = Vec::new();
+    for master in masters.split(',') {
+        if master.is_empty()
+            || !master
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid(format!(
+                "{master:?} is not a master name (letters, digits, '.', '_' and '-')"
+            )));
+        }
+        let mut host = format!("{scheme}://{authority}/{master}/{db}");
+        if !query.is_empty() {
+            host.push('?');
+            host.push_str(&query);
+        }
+        host.push_str(fragment);
+        // Each sentinel address must parse on its own.
+        crate::redis::conn::SentinelSet::parse(&host).map_err(invalid)?;
+        hosts.push(host);
     }
     Ok(hosts)
 }

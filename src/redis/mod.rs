@@ -73,7 +73,9 @@ use ::redis::Value as RedisValue;
 use parking_lot::{Condvar, Mutex};
 
 use self::codec::Codec;
-pub use self::config::{DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, RedisConfig};
+pub use self::config::{
+    DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, DEFAULT_SENTINEL_PORT, RedisConfig,
+};
 use self::conn::{Commands, Endpoint, Pool, Timeouts};
 use self::demand::PullSet;
 use self::hash::consistent_hash;

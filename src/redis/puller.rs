@@ -94,11 +94,14 @@ fn run(view: &Weak<Inner>, server: usize) {
             Err(e) => {
                 pool.failure(&e);
                 // A server's error reply leaves the connection usable; anything else does not.
+                // `Unavailable` too: a server that refuses as a replica, loading or failing
+                // over is asked again where the master is on the next connection.
                 if matches!(
                     e.kind(),
                     BackendErrorKind::Connection
                         | BackendErrorKind::Timeout
                         | BackendErrorKind::Protocol
+                        | BackendErrorKind::Unavailable
                 ) {
                     conn = None;
                 }

@@ -624,3 +624,135 @@ fn read_reply(reader: &mut impl BufRead, raw: &mut Vec<u8>) -> io::Result<Reply>
         _ => Err(malformed(format!("unknown reply {line:?}"))),
     }
 }
+
+// ===== Sentinel =====
+
+/// A `redis-server --sentinel` watching one master, on a free loopback port in a fresh
+/// directory (its config file, which a sentinel rewrites, and its log live there).
+pub struct Sentinel {
+    port: u16,
+    dir: PathBuf,
+    process: Mutex<Option<Process>>,
+}
+
+impl Sentinel {
+    /// Starts a sentinel that monitors `master` (named `name`) with `quorum`, declaring it
+    /// down after one second without an answer. `None` (after [`service_missing`]) when
+    /// redis-server cannot run.
+    pub fn start(name: &str, master: &RedisServer, quorum: usize) -> Option<Sentinel> {
+        let bin = std::env::var(REDIS_SERVER_BIN_ENV).unwrap_or_else(|_| "redis-server".into());
+        if let Err(why) = check_binary(&bin) {
+            service_missing("redis-server", &why);
+            return None;
+        }
+        let dir = fresh_dir();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let config = dir.join("sentinel.conf");
+            fs::write(
+                &config,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {log}\n\
+                     sentinel monitor {name} 127.0.0.1 {mport} {quorum}\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 4000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.display(),
+                    log = dir.join("redis.log").display(),
+                    mport = master.port(),
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new(&bin)
+                .arg(&config)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(dir.join("stderr.log")).expect("stderr.log"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot spawn {bin} --sentinel: {e}"));
+            let mut process = Process::start(child);
+            let deadline = Instant::now() + STARTUP_TIMEOUT;
+            loop {
+                if let Ok(Some(_)) = process.redis.try_wait() {
+                    process.stop();
+                    break; // the port was probably taken: try another
+                }
+                if matches!(
+                    resp_exchange(port, &[b"PING"], Duration::from_millis(300)),
+                    Ok((Reply::Simple(s), _)) if s == "PONG"
+                ) {
+                    return Some(Sentinel {
+                        port,
+                        dir,
+                        process: Mutex::new(Some(process)),
+                    });
+                }
+                if Instant::now() >= deadline {
+                    process.stop();
+                    panic!(
+                        "sentinel on port {port} did not answer PING; log:\n{}",
+                        read_logs(&dir)
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!(
+            "a sentinel could not get a free port; log:\n{}",
+            read_logs(&dir)
+        );
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command and returns the raw reply as text.
+    pub fn command(&self, args: &[&str]) -> String {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let (_, raw) = resp_exchange(self.port, &args, COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| panic!("sentinel command failed: {e}\n{}", read_logs(&self.dir)));
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    /// The master's port as this sentinel sees it now.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        match resp_exchange(
+            self.port,
+            &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()],
+            COMMAND_TIMEOUT,
+        ) {
+            Ok((Reply::Array(Some(parts)), _)) => match parts.get(1) {
+                Some(Reply::Bulk(Some(p))) => String::from_utf8_lossy(p).parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        read_logs(&self.dir)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let process = self
+            .process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(process) = process {
+            process.stop();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

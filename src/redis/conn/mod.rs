@@ -15,6 +15,8 @@
 //!   after a loss in `reconnects`, and both are reported as `tracing` events.
 
 mod resp;
+mod sentinel;
+pub(crate) use sentinel::SentinelSet;
 pub(crate) mod socket;
 pub(crate) mod thread;
 #[cfg(feature = "redis-tls")]
@@ -73,6 +75,12 @@ pub(crate) fn server_error_kind(code: &str) -> BackendErrorKind {
         }
         _ => BackendErrorKind::Refused,
     }
+}
+
+/// Whether a reply says the server stopped being a master: `READONLY` (a replica refuses
+/// writes) or `MASTERDOWN` (a replica that lost its master).
+pub(crate) fn demoted(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN"))
 }
 
 /// A server's error reply to `what` as a typed error, or the value.
@@ -178,6 +186,14 @@ impl Pool {
         }
     }
 
+    /// Drops every idle connection (they lead to a server that is no longer the master).
+    pub(crate) fn forget_idle(&self) {
+        let dropped = std::mem::take(&mut *self.idle.lock());
+        if !dropped.is_empty() {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
@@ -206,6 +222,12 @@ impl Pool {
             let mut conn = self.checkout(connect_by)?;
             match conn.exchange(&all, packed.len(), deadline) {
                 Ok(mut values) => {
+                    if values.iter().any(demoted) {
+                        // The server is a replica now (a failover): this connection and its
+                        // idle siblings lead there. New ones ask again where the master is.
+                        self.forget_idle();
+                        return Ok(values);
+                    }
                     if self.run_again_with_scripts(&mut conn, &packed, &mut values, deadline) {
                         self.give_back(conn);
                     }

@@ -19,12 +19,12 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 #[cfg(unix)]
 use std::path::PathBuf;
-#[cfg(feature = "redis-tls")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::{ConnectionAddr, Value};
 
+use super::SentinelSet;
 use super::resp::{ReadError, Reader};
 
 use crate::error::{BackendError, BackendErrorKind, BuildError};
@@ -55,6 +55,8 @@ enum Addr {
     Tcp(String, u16),
     #[cfg(unix)]
     Unix(PathBuf),
+    /// The master the sentinels name, asked on every new connection.
+    Sentinel(Arc<SentinelSet>),
 }
 
 impl Endpoint {
@@ -65,6 +67,31 @@ impl Endpoint {
             url: crate::config::redacted_url(url),
             reason,
         };
+        if url.contains("+sentinel://") {
+            let set = SentinelSet::parse(url).map_err(invalid)?;
+            #[cfg(not(feature = "redis-tls"))]
+            if set.tls.is_some() {
+                let _ = tls_ca;
+                return Err(BuildError::FeatureDisabled {
+                    scheme: "rediss+sentinel".into(),
+                    feature: "redis-tls",
+                });
+            }
+            return Ok(Endpoint {
+                username: set.username.clone(),
+                password: set.password.clone(),
+                db: set.db,
+                name: set.describe(),
+                #[cfg(feature = "redis-tls")]
+                tls: match set.tls {
+                    Some(insecure) => {
+                        Some(super::tls::client_config(insecure, tls_ca).map_err(invalid)?)
+                    }
+                    None => None,
+                },
+                addr: Addr::Sentinel(Arc::new(set)),
+            });
+        }
         let client = ::redis::Client::open(url).map_err(|e| invalid(e.to_string()))?;
         let info = client.get_connection_info();
         let settings = info.redis_settings();
@@ -121,50 +148,26 @@ impl Endpoint {
         &self.name
     }
 
-    /// Connects, logs in and selects the database, all before `deadline`.
+    /// Connects, logs in and selects the database, all before `deadline`. Through Sentinel,
+    /// first asks the sentinels where the master is, and then checks that it is one.
     pub(crate) fn connect(&self, deadline: Instant) -> Result<Connection, BackendError> {
-        let failed = |what: &str, e: io::Error| {
-            BackendError::new(
-                io_kind(&e),
-                format!("connecting to redis at {}: {what}: {e}", self.name),
-            )
-            .unsent()
-        };
-        let stream = match &self.addr {
-            Addr::Tcp(host, port) => {
-                let addrs = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| failed("resolving the host", e))?;
-                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-                let mut connected = None;
-                for addr in addrs {
-                    match TcpStream::connect_timeout(&addr, remaining(deadline)) {
-                        Ok(s) => {
-                            connected = Some(s);
-                            break;
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                let tcp = connected.ok_or_else(|| failed("connecting", last))?;
-                tcp.set_nodelay(true)
-                    .map_err(|e| failed("configuring", e))?;
-                let keepalive = socket2::TcpKeepalive::new()
-                    .with_time(KEEPALIVE_IDLE)
-                    .with_interval(KEEPALIVE_INTERVAL);
-                #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
-                let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
-                socket2::SockRef::from(&tcp)
-                    .set_tcp_keepalive(&keepalive)
-                    .map_err(|e| failed("configuring", e))?;
-                self.wrap_tcp(tcp, host)
-                    .map_err(|e| failed("starting TLS", e))?
-            }
+        let (stream, name) = match &self.addr {
+            Addr::Tcp(host, port) => (self.tcp(host, *port, deadline, &self.name)?, None),
             #[cfg(unix)]
-            Addr::Unix(path) => {
-                Stream::Unix(UnixStream::connect(path).map_err(|e| failed("connecting", e))?)
+            Addr::Unix(path) => (
+                Stream::Unix(
+                    UnixStream::connect(path)
+                        .map_err(|e| connect_error(&self.name, "connecting", &e))?,
+                ),
+                None,
+            ),
+            Addr::Sentinel(set) => {
+                let (host, port) = self.ask_sentinels(set, deadline)?;
+                let name = format!("{host}:{port} ({})", self.name);
+                (self.tcp(&host, port, deadline, &name)?, Some(name))
             }
         };
+        let name = name.as_deref().unwrap_or(&self.name);
         let mut conn = Connection {
             stream,
             reader: Reader::default(),
@@ -184,11 +187,16 @@ impl Endpoint {
             select.arg(self.db);
             setup.push(select);
         }
+        let sentinel = matches!(self.addr, Addr::Sentinel(_));
+        if sentinel {
+            setup.push(::redis::cmd("ROLE"));
+        }
         if !setup.is_empty() {
             let packed: Vec<u8> = setup.iter().flat_map(|c| c.get_packed_command()).collect();
-            let replies = conn
+            let mut replies = conn
                 .exchange(&packed, setup.len(), Some(deadline))
-                .map_err(|e| e.context_prefix(&format!("connecting to redis at {}", self.name)))?;
+                .map_err(|e| e.context_prefix(&format!("connecting to redis at {name}")))?;
+            let role = if sentinel { replies.pop() } else { None };
             for reply in replies {
                 if let Value::ServerError(e) = reply {
                     // One line, whatever the server said: an authentication failure is
@@ -196,8 +204,7 @@ impl Endpoint {
                     return Err(BackendError::new(
                         BackendErrorKind::Refused,
                         format!(
-                            "connecting to redis at {}: the server refused the login or database: {} {}",
-                            self.name,
+                            "connecting to redis at {name}: the server refused the login or database: {} {}",
                             e.code(),
                             e.details().unwrap_or_default()
                         ),
@@ -205,8 +212,138 @@ impl Endpoint {
                     .unsent());
                 }
             }
+            if let Some(role) = role {
+                check_master(&role, name)?;
+            }
         }
         Ok(conn)
+    }
+
+    /// A TCP connection to `host:port` (TLS if configured), with keepalive, before `deadline`.
+    fn tcp(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+        name: &str,
+    ) -> Result<Stream, BackendError> {
+        let failed = |what: &str, e: io::Error| connect_error(name, what, &e);
+        let addrs = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| failed("resolving the host", e))?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut connected = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, remaining(deadline)) {
+                Ok(s) => {
+                    connected = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let tcp = connected.ok_or_else(|| failed("connecting", last))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| failed("configuring", e))?;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+        let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+        socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(|e| failed("configuring", e))?;
+        self.wrap_tcp(tcp, host)
+            .map_err(|e| failed("starting TLS", e))
+    }
+
+    /// Where the sentinels say the master is: each sentinel is asked in turn (the one that
+    /// answered last first), with a share of the time left, until one names it.
+    fn ask_sentinels(
+        &self,
+        set: &SentinelSet,
+        deadline: Instant,
+    ) -> Result<(String, u16), BackendError> {
+        let n = set.sentinels.len();
+        let first = set.first();
+        let mut problems = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            let (host, port) = &set.sentinels[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = (left / u32::try_from(n - k).unwrap_or(1)).max(Duration::from_millis(100));
+            let by = deadline.min(Instant::now() + share);
+            match self.ask_sentinel(set, host, *port, by) {
+                Ok(found) => {
+                    set.answered(i);
+                    return Ok(found);
+                }
+                Err(why) => problems.push(format!("{host}:{port}: {why}")),
+            }
+        }
+        Err(BackendError::new(
+            BackendErrorKind::Unavailable,
+            format!(
+                "asking the sentinels for redis {}: none named it ({})",
+                self.name,
+                problems.join("; ")
+            ),
+        )
+        .unsent())
+    }
+
+    fn ask_sentinel(
+        &self,
+        set: &SentinelSet,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<(String, u16), String> {
+        let stream = self
+            .tcp(host, port, deadline, &format!("sentinel {host}:{port}"))
+            .map_err(|e| e.to_string())?;
+        let mut conn = Connection {
+            stream,
+            reader: Reader::default(),
+            read_timeout: None,
+        };
+        let mut cmds = Vec::new();
+        if let Some(password) = &set.sentinel_password {
+            let mut auth = ::redis::cmd("AUTH");
+            if let Some(user) = &set.sentinel_username {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            cmds.push(auth);
+        }
+        let mut ask = ::redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(&set.master);
+        cmds.push(ask);
+        let packed: Vec<u8> = cmds.iter().flat_map(|c| c.get_packed_command()).collect();
+        let replies = conn
+            .exchange(&packed, cmds.len(), Some(deadline))
+            .map_err(|e| e.to_string())?;
+        for reply in &replies {
+            if let Value::ServerError(e) = reply {
+                return Err(format!("{} {}", e.code(), e.details().unwrap_or_default()));
+            }
+        }
+        match replies.last() {
+            Some(Value::Array(parts)) if parts.len() == 2 => {
+                let text = |v: &Value| match v {
+                    Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                    Value::SimpleString(s) => Some(s.clone()),
+                    _ => None,
+                };
+                let host = text(&parts[0]).ok_or("a master host that is not text")?;
+                let port = text(&parts[1])
+                    .and_then(|p| p.parse().ok())
+                    .ok_or("a master port that is not a port")?;
+                Ok((host, port))
+            }
+            Some(Value::Nil) => Err(format!("it does not know a master named {:?}", set.master)),
+            other => Err(format!("an unexpected answer {other:?}")),
+        }
     }
 
     #[cfg(feature = "redis-tls")]
@@ -226,6 +363,36 @@ impl Endpoint {
     fn wrap_tcp(&self, tcp: TcpStream, _host: &str) -> io::Result<Stream> {
         Ok(Stream::Tcp(tcp))
     }
+}
+
+/// The error of a connection that could not be made (nothing was sent on it).
+fn connect_error(name: &str, what: &str, e: &io::Error) -> BackendError {
+    BackendError::new(
+        io_kind(e),
+        format!("connecting to redis at {name}: {what}: {e}"),
+    )
+    .unsent()
+}
+
+/// Fails unless `role` (the reply to `ROLE`) says the server is a master: a server the
+/// sentinels named may have been demoted since, and writes to a replica are refused.
+fn check_master(role: &Value, name: &str) -> Result<(), BackendError> {
+    let first = match role {
+        Value::Array(parts) => parts.first(),
+        _ => None,
+    };
+    let is_master = matches!(first, Some(Value::BulkString(b)) if b == b"master")
+        || matches!(first, Some(Value::SimpleString(s)) if s == "master");
+    if is_master {
+        return Ok(());
+    }
+    Err(BackendError::new(
+        BackendErrorKind::Unavailable,
+        format!(
+            "connecting to redis at {name}: the server is not a master (a failover may be under way): {role:?}"
+        ),
+    )
+    .unsent())
 }
 
 /// The time left until `deadline`, at least a millisecond (a zero socket timeout means none).
