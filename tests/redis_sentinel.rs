@@ -25,11 +25,21 @@ struct World {
 
 impl World {
     fn start() -> Option<World> {
-        let master = RedisServer::start()?;
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()])?;
+        World::start_with(None, None)
+    }
+
+    /// With `master_password` on the master and its replica, and `password` on the sentinels.
+    fn start_with(master_password: Option<&str>, password: Option<&str>) -> Option<World> {
+        let auth: Vec<&str> = master_password
+            .map(|p| vec!["--requirepass", p, "--masterauth", p])
+            .unwrap_or_default();
+        let master = RedisServer::start_with(&auth)?;
+        let port = master.port().to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", port.as_str()];
+        replica_args.extend(&auth);
+        let replica = RedisServer::start_with(&replica_args)?;
         let sentinels = (0..3)
-            .map(|_| Sentinel::start(MASTER, &master, 2))
+            .map(|_| Sentinel::start_with(MASTER, &master, 2, master_password, password))
             .collect::<Option<Vec<_>>>()?;
         let world = World {
             master,
@@ -186,6 +196,42 @@ fn a_sentinel_url_reaches_the_master_they_name() {
     let err = unknown.send("x", Message::new("x")).unwrap_err();
     assert!(err.to_string().contains("nosuchmaster"), "{err}");
     assert!(err.is_transient(), "{err:?}");
+}
+
+#[test]
+fn passwords_log_in_to_the_master_and_to_the_sentinels() {
+    let Some(world) = World::start_with(Some("m4ster"), Some("s3ntinel")) else {
+        return;
+    };
+    let list: Vec<String> = world.sentinels.iter().map(Sentinel::address).collect();
+    let url = format!(
+        "redis+sentinel://:m4ster@{}/{MASTER}/0?sentinel_password=s3ntinel&prefix=pw",
+        list.join(",")
+    );
+    let layer = RedisLayer::from_url(&url).unwrap();
+    layer.send("pw.chan", Message::new("in")).unwrap();
+    assert!(
+        layer
+            .receive_timeout("pw.chan", Duration::from_secs(5))
+            .is_ok()
+    );
+    // Neither password shows in the configuration's debug output.
+    let shown = format!("{:?}", layer.config());
+    assert!(
+        !shown.contains("m4ster") && !shown.contains("s3ntinel"),
+        "{shown}"
+    );
+    // Without the sentinels' password: refused, saying so, by the deadline.
+    let wrong = RedisLayer::from_url(&format!(
+        "redis+sentinel://:m4ster@{}/{MASTER}/0?timeout=1&connect_timeout=1",
+        list.join(",")
+    ))
+    .unwrap();
+    let err = wrong.send("pw.chan", Message::new("x")).unwrap_err();
+    assert!(
+        err.to_string().contains("NOAUTH") || err.to_string().contains("AUTH"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -76,7 +76,14 @@ fn an_unknown_scheme_lists_the_schemes_this_build_knows() {
     let known: Vec<&str> = known.split(", ").collect();
     let mut expected = vec!["carrier-pigeon", "memory"];
     if cfg!(feature = "redis") {
-        expected.extend(["redis", "redis+unix", "rediss", "unix"]);
+        expected.extend([
+            "redis",
+            "redis+sentinel",
+            "redis+unix",
+            "rediss",
+            "rediss+sentinel",
+            "unix",
+        ]);
     }
     expected.sort_unstable();
     assert_eq!(known, expected);
@@ -108,6 +115,47 @@ mod redis {
             .query(&[b"ZCARD", key.as_bytes()])
             .as_int()
             .unwrap_or_else(|| panic!("ZCARD {key} is not an integer"))
+    }
+
+    #[test]
+    fn sentinel_urls_give_one_host_per_master_and_check_every_part() {
+        let config = RedisConfig::from_url(
+            "redis+sentinel://app:pw@s1:26380,s2/orders,chat/3?sentinel_password=sp&prefix=x",
+        )
+        .unwrap();
+        assert_eq!(
+            config.hosts,
+            [
+                "redis+sentinel://app:pw@s1:26380,s2/orders/3?sentinel_password=sp",
+                "redis+sentinel://app:pw@s1:26380,s2/chat/3?sentinel_password=sp",
+            ]
+        );
+        assert_eq!(config.prefix, "x");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("pw@") && !shown.contains("=sp"), "{shown}");
+        for bad in [
+            "redis+sentinel://s1/",
+            "redis+sentinel:///m",
+            "redis+sentinel://s1,,s2/m",
+            "redis+sentinel://s1/m/notadb",
+            "redis+sentinel://s1/bad name",
+        ] {
+            assert!(
+                matches!(
+                    RedisConfig::from_url(bad),
+                    Err(BuildError::InvalidUrl { .. })
+                ),
+                "{bad}: {:?}",
+                RedisConfig::from_url(bad)
+            );
+        }
+        // The sentinels' login is a sentinel URL's parameter only.
+        assert!(matches!(
+            RedisConfig::from_url("redis://h/0?sentinel_password=x"),
+            Err(BuildError::UnknownParameter { .. })
+        ));
+        // From AnyLayer too.
+        assert!(AnyLayer::from_url("redis+sentinel://127.0.0.1:1/m/0").is_ok());
     }
 
     #[test]

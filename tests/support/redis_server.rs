@@ -633,6 +633,7 @@ pub struct Sentinel {
     port: u16,
     dir: PathBuf,
     process: Mutex<Option<Process>>,
+    password: Option<String>,
 }
 
 impl Sentinel {
@@ -640,6 +641,18 @@ impl Sentinel {
     /// down after one second without an answer. `None` (after [`service_missing`]) when
     /// redis-server cannot run.
     pub fn start(name: &str, master: &RedisServer, quorum: usize) -> Option<Sentinel> {
+        Sentinel::start_with(name, master, quorum, None, None)
+    }
+
+    /// As [`start`](Self::start), logging in to the master (and replicas) with
+    /// `master_password`, and asking clients (other sentinels too) for `password`.
+    pub fn start_with(
+        name: &str,
+        master: &RedisServer,
+        quorum: usize,
+        master_password: Option<&str>,
+        password: Option<&str>,
+    ) -> Option<Sentinel> {
         let bin = std::env::var(REDIS_SERVER_BIN_ENV).unwrap_or_else(|_| "redis-server".into());
         if let Err(why) = check_binary(&bin) {
             service_missing("redis-server", &why);
@@ -656,10 +669,16 @@ impl Sentinel {
                      sentinel monitor {name} 127.0.0.1 {mport} {quorum}\n\
                      sentinel down-after-milliseconds {name} 1000\n\
                      sentinel failover-timeout {name} 4000\n\
-                     sentinel parallel-syncs {name} 1\n",
+                     sentinel parallel-syncs {name} 1\n{auth}",
                     dir = dir.display(),
                     log = dir.join("redis.log").display(),
                     mport = master.port(),
+                    auth = master_password
+                        .map(|p| format!("sentinel auth-pass {name} {p}\n"))
+                        .unwrap_or_default()
+                        + &password
+                            .map(|p| format!("requirepass {p}\nsentinel sentinel-pass {p}\n"))
+                            .unwrap_or_default(),
                 ),
             )
             .expect("write sentinel.conf");
@@ -679,13 +698,14 @@ impl Sentinel {
                     break; // the port was probably taken: try another
                 }
                 if matches!(
-                    resp_exchange(port, &[b"PING"], Duration::from_millis(300)),
+                    resp_exchange_as(port, &[b"PING"], Duration::from_millis(300), password),
                     Ok((Reply::Simple(s), _)) if s == "PONG"
                 ) {
                     return Some(Sentinel {
                         port,
                         dir,
                         process: Mutex::new(Some(process)),
+                        password: password.map(str::to_owned),
                     });
                 }
                 if Instant::now() >= deadline {
@@ -717,17 +737,21 @@ impl Sentinel {
     /// Sends one command and returns the raw reply as text.
     pub fn command(&self, args: &[&str]) -> String {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let (_, raw) = resp_exchange(self.port, &args, COMMAND_TIMEOUT)
-            .unwrap_or_else(|e| panic!("sentinel command failed: {e}\n{}", read_logs(&self.dir)));
+        let (_, raw) =
+            resp_exchange_as(self.port, &args, COMMAND_TIMEOUT, self.password.as_deref())
+                .unwrap_or_else(|e| {
+                    panic!("sentinel command failed: {e}\n{}", read_logs(&self.dir))
+                });
         String::from_utf8_lossy(&raw).into_owned()
     }
 
     /// The master's port as this sentinel sees it now.
     pub fn master_port(&self, name: &str) -> Option<u16> {
-        match resp_exchange(
+        match resp_exchange_as(
             self.port,
             &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()],
             COMMAND_TIMEOUT,
+            self.password.as_deref(),
         ) {
             Ok((Reply::Array(Some(parts)), _)) => match parts.get(1) {
                 Some(Reply::Bulk(Some(p))) => String::from_utf8_lossy(p).parse().ok(),
