@@ -417,7 +417,10 @@ fn an_unknown_scheme_lists_the_known_ones() {
     let line = assert_error(&run);
     assert!(line.contains("memory"), "{line}");
     if cfg!(feature = "redis") {
-        assert!(line.contains("redis, redis+unix, rediss, unix"), "{line}");
+        assert!(
+            line.contains("redis, redis+sentinel, redis+unix, rediss, rediss+sentinel, unix"),
+            "{line}"
+        );
     }
 }
 
