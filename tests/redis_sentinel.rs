@@ -235,6 +235,49 @@ fn passwords_log_in_to_the_master_and_to_the_sentinels() {
 }
 
 #[test]
+fn acl_users_and_encryption_work_through_the_sentinels() {
+    let world = shared();
+    // An ACL user on the master and its replica (a promoted replica must know it too).
+    for server in [&world.master, &world.replica] {
+        let reply = server.command(&[
+            "ACL", "SETUSER", "svc", "on", ">svc-pw", "~*", "&*", "+@all",
+        ]);
+        assert!(reply.starts_with("+OK"), "{reply}");
+    }
+    let list: Vec<String> = world.sentinels.iter().map(Sentinel::address).collect();
+    let url = format!(
+        "redis+sentinel://svc:svc-pw@{}/{MASTER}/0?prefix=acl&symmetric_encryption_keys=k1",
+        list.join(",")
+    );
+    let layer = RedisLayer::from_url(&url).unwrap();
+    layer
+        .send(
+            "acl.chan",
+            Message::new("secret").with("text", "plain words"),
+        )
+        .unwrap();
+    // Stored encrypted: the text is not in Redis.
+    let stored = world.master.command(&["ZRANGE", "aclacl.chan", "0", "-1"]);
+    assert!(stored.starts_with("*1\r\n"), "one message stored: {stored}");
+    assert!(!stored.contains("plain words"), "{stored}");
+    let got = layer
+        .receive_timeout("acl.chan", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        got.get("text").and_then(|v| v.as_str()),
+        Some("plain words")
+    );
+    // A wrong password is refused with the server's words, once.
+    let wrong = RedisLayer::from_url(&format!(
+        "redis+sentinel://svc:nope@{}/{MASTER}/0?timeout=1",
+        list.join(",")
+    ))
+    .unwrap();
+    let err = wrong.send("acl.chan", Message::new("x")).unwrap_err();
+    assert!(err.to_string().contains("refused the login"), "{err}");
+}
+
+#[test]
 fn a_dead_sentinel_is_passed_over() {
     let world = shared();
     // The first sentinel listed is not there at all.
