@@ -278,6 +278,29 @@ fn acl_users_and_encryption_work_through_the_sentinels() {
 }
 
 #[test]
+fn the_cli_and_from_env_reach_the_master_through_the_sentinels() {
+    let world = shared();
+    let url = format!("{}?prefix=cli", world.url());
+    let cli = support::example::example_binary("cli");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .args(args)
+            .env("CHANNEL_LAYER_URL", &url)
+            .output()
+            .expect("the cli runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["send", "cli.chan", r#"{"type":"via.sentinel","n":7}"#]);
+    let got = run(&["receive", "cli.chan", "--timeout", "5"]);
+    assert_eq!(got, "{\"type\":\"via.sentinel\",\"n\":7}\n");
+}
+
+#[test]
 fn a_dead_sentinel_is_passed_over() {
     let world = shared();
     // The first sentinel listed is not there at all.
