@@ -101,7 +101,9 @@ fn certificates(dir: &Path) -> Result<(), String> {
     )
 }
 
-fn start() -> Option<TlsServer> {
+/// A directory with a fresh CA and server certificate, or `None` (after [`service_missing`])
+/// without openssl or redis-server.
+fn tls_dir() -> Option<PathBuf> {
     if Command::new("openssl").arg("version").output().is_err() {
         service_missing("openssl", "needed to make test certificates");
         return None;
@@ -121,13 +123,48 @@ fn start() -> Option<TlsServer> {
     ));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     certificates(&dir).unwrap_or_else(|e| panic!("making certificates failed: {e}"));
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    Some(dir)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
+        .port()
+}
+
+fn start() -> Option<TlsServer> {
+    let dir = tls_dir()?;
+    Some(start_in(dir, &[], None))
+}
+
+/// A TLS-only redis-server in `dir` (whose certificates it uses) with `extra` arguments; as a
+/// sentinel when `sentinel_config` holds its config file's text (`port` and the TLS lines are
+/// added here).
+fn start_in(dir: PathBuf, extra: &[&str], sentinel_config: Option<&str>) -> TlsServer {
+    let port = free_port();
+    let tls = [
+        "--tls-port",
+        &port.to_string(),
+        "--tls-auth-clients",
+        "no",
+        "--tls-cert-file",
+        "server.crt",
+        "--tls-key-file",
+        "server.key",
+        "--tls-ca-cert-file",
+        "ca.crt",
+    ]
+    .map(str::to_owned);
+    let mut command = Command::new("redis-server");
+    let log = format!("redis-{port}.log");
+    if let Some(config) = sentinel_config {
+        let file = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(&file, format!("port 0\nbind 127.0.0.1\n{config}")).unwrap();
+        command.arg(&file).arg("--sentinel");
+    } else {
+        command.args([
             "--port",
             "0",
             "--bind",
@@ -136,17 +173,12 @@ fn start() -> Option<TlsServer> {
             "",
             "--appendonly",
             "no",
-        ])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .args([
-            "--tls-cert-file",
-            "server.crt",
-            "--tls-key-file",
-            "server.key",
-            "--tls-ca-cert-file",
-            "ca.crt",
-        ])
-        .args(["--dir", dir.to_str().unwrap(), "--logfile", "redis.log"])
+        ]);
+    }
+    let child = command
+        .args(&tls)
+        .args(extra)
+        .args(["--dir", dir.to_str().unwrap(), "--logfile", &log])
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -158,11 +190,11 @@ fn start() -> Option<TlsServer> {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "redis-server with TLS did not come up: {}",
-            std::fs::read_to_string(server.dir.join("redis.log")).unwrap_or_default()
+            std::fs::read_to_string(server.dir.join(&log)).unwrap_or_default()
         );
         thread::sleep(Duration::from_millis(20));
     }
-    Some(server)
+    server
 }
 
 fn rand_suffix() -> u64 {
@@ -229,4 +261,35 @@ fn an_unverifiable_server_is_a_typed_error_and_insecure_mode_skips_verification(
     assert!(
         RedisLayer::from_url("rediss://127.0.0.1:1/0?tls_ca_file=/nonexistent/ca.pem").is_err()
     );
+}
+
+#[test]
+fn sentinel_over_tls_finds_the_master_and_verifies_both() {
+    let Some(dir) = tls_dir() else { return };
+    // Both servers share the directory of certificates (each removes it on drop, after
+    // the other is done with it).
+    let master = start_in(dir.clone(), &["--tls-replication", "yes"], None);
+    let sentinel_config = format!(
+        "tls-replication yes\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
+         sentinel down-after-milliseconds mymaster 1000\n",
+        master.port
+    );
+    let sentinel = start_in(dir.clone(), &[], Some(&sentinel_config));
+    let url = format!(
+        "rediss+sentinel://127.0.0.1:{}/mymaster/0?prefix=tlssent&tls_ca_file={}&timeout=2",
+        sentinel.port,
+        dir.join("ca.crt").display()
+    );
+    let layer = RedisLayer::from_url(&url).unwrap();
+    exercise(&layer);
+    // Without the CA, neither the sentinel nor the master can be verified: a typed error.
+    let strict = RedisLayer::from_url(&format!(
+        "rediss+sentinel://127.0.0.1:{}/mymaster/0?timeout=1&connect_timeout=1",
+        sentinel.port
+    ))
+    .unwrap();
+    let err = strict.send("secure", Message::new("x")).unwrap_err();
+    assert!(matches!(err, SendError::Backend { .. }), "{err:?}");
+    drop(sentinel);
+    drop(master);
 }
