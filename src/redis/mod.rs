@@ -47,6 +47,7 @@
 //! ```
 
 mod buffers;
+mod cluster;
 mod codec;
 mod config;
 mod conn;
@@ -72,6 +73,7 @@ use ::redis::Cmd;
 use ::redis::Value as RedisValue;
 use parking_lot::{Condvar, Mutex};
 
+pub use self::cluster::{CLUSTER_SLOTS, key_slot};
 use self::codec::Codec;
 pub use self::config::{
     DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, DEFAULT_SENTINEL_PORT, RedisConfig,

@@ -7,6 +7,7 @@
 
 pub mod example;
 pub mod python;
+pub mod redis_cluster;
 pub mod redis_server;
 
 /// The environment variable that turns a missing service into a failure (CI sets it to `1`).

@@ -419,7 +419,7 @@ fn sweep_dead(root: &Path) {
 }
 
 /// A port the OS just handed out on 127.0.0.1 (free now; someone may take it before we do).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
     listener
