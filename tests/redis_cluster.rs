@@ -1,16 +1,105 @@
 //! Redis Cluster against six real nodes (three masters with a replica each): the slot of every
-//! key the layer writes agrees with the servers'.
+//! key the layer writes agrees with the servers', the conformance suite runs on the cluster,
+//! and channels, groups and process channels spread over every master.
 
 mod support;
 
-use channel_layer::redis::{CLUSTER_SLOTS, key_slot};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use channel_layer::redis::{CLUSTER_SLOTS, RedisConfig, RedisLayer, key_slot};
+use channel_layer::{AnyLayer, ChannelLayer, ChannelLayerExt, LayerConfig, Message};
 use support::redis_cluster::Cluster;
+
+/// One cluster shared by the conformance cases, each with a prefix of its own.
+fn shared() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|| std::process::exit(0)))
+}
+
+fn url(cluster: &Cluster) -> String {
+    format!("redis+cluster://{}", cluster.seeds())
+}
+
+fn served(config: LayerConfig) -> AnyLayer {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut redis = RedisConfig::from_url(&url(shared())).expect("a cluster URL");
+    redis.layer = config;
+    redis.prefix = format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    AnyLayer::new(RedisLayer::new(redis).expect("the cluster answers"))
+}
+
+mod blocking {
+    channel_layer::conformance_tests!(super::served);
+}
+
+mod on_executor {
+    channel_layer::async_conformance_tests!(super::served, futures::executor::block_on);
+}
+
+#[test]
+fn channels_groups_and_process_channels_spread_over_every_master() {
+    let cluster = shared();
+    let layer = RedisLayer::from_url(&format!("{}?prefix=spread", url(cluster))).unwrap();
+    let channels: Vec<String> = (0..30).map(|i| format!("spread.{i}")).collect();
+    for (i, c) in channels.iter().enumerate() {
+        layer
+            .send(c, Message::new("m").with("i", i as i64))
+            .unwrap();
+    }
+    // The keys landed on every master, each on the one serving its slot.
+    let masters: Vec<u16> = cluster
+        .topology()
+        .into_iter()
+        .filter(|n| n.master)
+        .map(|n| n.port)
+        .collect();
+    for port in &masters {
+        let keys = cluster.node(*port).command(&["KEYS", "spread*"]);
+        assert!(keys.contains("spread"), "master {port} holds none: {keys}");
+    }
+    for (i, c) in channels.iter().enumerate() {
+        let got = layer.receive_timeout(c, Duration::from_secs(5)).unwrap();
+        assert_eq!(got.get("i").and_then(|v| v.as_i64()), Some(i as i64));
+    }
+    // Groups whose members are process channels of several layers and normal channels.
+    let other = RedisLayer::from_url(&format!("{}?prefix=spread", url(cluster))).unwrap();
+    let mine: Vec<String> = (0..3).map(|_| layer.new_channel("p").unwrap()).collect();
+    let theirs: Vec<String> = (0..3).map(|_| other.new_channel("q").unwrap()).collect();
+    for m in mine.iter().chain(&theirs).chain(&channels[..5]) {
+        layer.group_add("everyone", m).unwrap();
+    }
+    let report = layer.group_send("everyone", Message::new("hi")).unwrap();
+    assert_eq!(report.delivered, 11, "{report:?}");
+    for m in &mine {
+        assert!(
+            layer.receive_timeout(m, Duration::from_secs(5)).is_ok(),
+            "{m}"
+        );
+    }
+    for m in &theirs {
+        assert!(
+            other.receive_timeout(m, Duration::from_secs(5)).is_ok(),
+            "{m}"
+        );
+    }
+    for c in &channels[..5] {
+        assert!(
+            layer.receive_timeout(c, Duration::from_secs(5)).is_ok(),
+            "{c}"
+        );
+    }
+    layer.flush().unwrap();
+    for port in &masters {
+        let keys = cluster.node(*port).command(&["KEYS", "spread*"]);
+        assert!(keys.starts_with("*0"), "left after flush on {port}: {keys}");
+    }
+}
 
 #[test]
 fn six_nodes_make_three_masters_serving_every_slot_and_key_slot_agrees_with_them() {
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
+    let cluster = shared();
     let nodes = cluster.topology();
     let masters: Vec<_> = nodes.iter().filter(|n| n.master).collect();
     assert_eq!(nodes.len(), 6, "{nodes:?}");
@@ -48,4 +137,171 @@ fn six_nodes_make_three_masters_serving_every_slot_and_key_slot_agrees_with_them
             .unwrap_or_else(|_| panic!("{key}: {reply:?}"));
         assert_eq!(key_slot(key.as_bytes()), theirs, "{key}");
     }
+}
+
+/// Sends numbered messages round the channels until `disturb` has run and the layer has sent
+/// without failing for three seconds since; a receiver takes them meanwhile. Returns what was
+/// acknowledged, what was received, the longest pause between acknowledged sends, and how
+/// many sends failed.
+fn traffic_through(
+    layer: &RedisLayer,
+    channels: &[String],
+    disturb: impl FnOnce(),
+) -> (Vec<i64>, Vec<i64>, Duration, usize) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let done = Arc::new(AtomicBool::new(false));
+    let received: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let receiver = {
+        let (layer, done, received, channels) = (
+            layer.clone(),
+            done.clone(),
+            received.clone(),
+            channels.to_vec(),
+        );
+        std::thread::spawn(move || {
+            let mut idle_rounds = 0;
+            loop {
+                let mut got = false;
+                for c in &channels {
+                    while let Ok(m) = layer.receive_timeout(c, Duration::from_millis(5)) {
+                        received
+                            .lock()
+                            .unwrap()
+                            .push(m.get("n").and_then(|v| v.as_i64()).unwrap());
+                        got = true;
+                    }
+                }
+                idle_rounds = if got { 0 } else { idle_rounds + 1 };
+                if done.load(Ordering::Relaxed) && idle_rounds > 40 {
+                    return;
+                }
+            }
+        })
+    };
+    let mut acknowledged = Vec::new();
+    let mut failed = 0;
+    let mut longest = Duration::ZERO;
+    let mut last_ok = std::time::Instant::now();
+    let start = std::time::Instant::now();
+    let mut disturb = Some(disturb);
+    let mut recovered = None;
+    let mut n = 0i64;
+    while start.elapsed() < Duration::from_secs(40) {
+        if start.elapsed() > Duration::from_secs(1) {
+            if let Some(f) = disturb.take() {
+                f();
+                recovered = None;
+                last_ok = std::time::Instant::now();
+            }
+        }
+        if disturb.is_none()
+            && recovered.is_some_and(|t: std::time::Instant| t.elapsed() > Duration::from_secs(3))
+        {
+            break;
+        }
+        let channel = &channels[(n as usize) % channels.len()];
+        match layer.send(channel, Message::new("t").with("n", n)) {
+            Ok(()) => {
+                acknowledged.push(n);
+                longest = longest.max(last_ok.elapsed());
+                last_ok = std::time::Instant::now();
+                if disturb.is_none() && recovered.is_none() {
+                    recovered = Some(std::time::Instant::now());
+                }
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                failed += 1;
+                recovered = None;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    done.store(true, Ordering::Relaxed);
+    receiver.join().unwrap();
+    let received = received.lock().unwrap().clone();
+    (acknowledged, received, longest, failed)
+}
+
+#[test]
+fn the_same_layer_follows_a_master_failover_with_exact_accounting() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let layer = RedisLayer::from_url(&format!(
+        "{}?prefix=fo&capacity=100000&timeout=2",
+        url(&cluster)
+    ))
+    .unwrap();
+    let channels: Vec<String> = (0..12).map(|i| format!("fo.{i}")).collect();
+    let victim = cluster.master_of(key_slot(b"fofo.0"));
+    let (acked, received, longest, failed) = traffic_through(&layer, &channels, || {
+        cluster.node(victim.port).kill();
+    });
+    cluster.wait_until(2);
+    let unique: std::collections::HashSet<i64> = received.iter().copied().collect();
+    assert_eq!(unique.len(), received.len(), "nothing is delivered twice");
+    let lost = acked.iter().filter(|n| !unique.contains(n)).count();
+    let m = layer.metrics();
+    println!(
+        "cluster failover: {} acknowledged, {} received, {lost} acknowledged but lost with the old master, {failed} sends failed (counted: backend_errors {}), longest pause {longest:?}",
+        acked.len(),
+        received.len(),
+        m.backend_errors
+    );
+    assert!(lost <= 50, "{lost} acknowledged messages lost");
+    assert!(m.backend_errors as usize >= failed);
+    assert_ne!(cluster.master_of(key_slot(b"fofo.0")).port, victim.port);
+    layer.send("fo.0", Message::new("after")).unwrap();
+    let mut after = None;
+    while let Ok(m) = layer.receive_timeout("fo.0", Duration::from_secs(5)) {
+        if m.message_type() == Some("after") {
+            after = Some(m);
+            break;
+        }
+    }
+    assert!(after.is_some(), "the layer works after the failover");
+}
+
+#[test]
+fn slots_moved_between_masters_mid_traffic_lose_nothing() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let layer = RedisLayer::from_url(&format!(
+        "{}?prefix=rs&capacity=100000&timeout=2",
+        url(&cluster)
+    ))
+    .unwrap();
+    let channels: Vec<String> = (0..12).map(|i| format!("rs.{i}")).collect();
+    let from = cluster.master_of(key_slot(b"rsrs.0"));
+    let to = cluster
+        .topology()
+        .into_iter()
+        .find(|n| n.master && n.port != from.port)
+        .unwrap();
+    let (acked, received, longest, failed) = traffic_through(&layer, &channels, || {
+        cluster.reshard(&from, &to, 2000);
+    });
+    let unique: std::collections::HashSet<i64> = received.iter().copied().collect();
+    assert_eq!(unique.len(), received.len(), "nothing is delivered twice");
+    let missing: Vec<i64> = acked
+        .iter()
+        .filter(|n| !unique.contains(n))
+        .copied()
+        .collect();
+    println!(
+        "cluster reshard of 2000 slots: {} acknowledged, {} received, {} missing, {failed} sends failed, longest pause {longest:?}",
+        acked.len(),
+        received.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged and never received: {missing:?}"
+    );
+    assert!(unique.iter().all(|n| acked.contains(n) || *n >= 0));
 }

@@ -85,6 +85,10 @@ impl Inner {
     ) -> Result<(), BackendError> {
         let values = reply.inspect_err(|e| self.take_lost(e, count))?;
         for value in values {
+            if super::cluster::redirection(&value).is_some() {
+                // The slot moved: read the map again; the pullers take from the new owner.
+                self.refresh_topology();
+            }
             if let RedisValue::ServerError(e) = &value {
                 let error = self.key_error(from, e.code(), e.details().unwrap_or_default());
                 return Err(error);

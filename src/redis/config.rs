@@ -96,6 +96,10 @@ pub struct RedisConfig {
     /// skips verification altogether, for tests only.)
     #[cfg(feature = "redis-tls")]
     pub tls_ca_cert: Option<Vec<u8>>,
+    /// The hosts are seed nodes of one Redis Cluster (`redis+cluster://`), not servers to
+    /// shard over: the layer reads the cluster's slot map from them when it is built, and
+    /// routes every key to the master serving its slot.
+    pub cluster: bool,
 }
 
 impl RedisConfig {
@@ -131,7 +135,16 @@ impl RedisConfig {
             symmetric_encryption_keys: Vec::new(),
             #[cfg(feature = "redis-tls")]
             tls_ca_cert: None,
+            cluster: false,
         }
+    }
+
+    /// A configuration for the Redis Cluster that `seeds` (`redis://` or `rediss://` URLs of
+    /// some of its nodes) belong to.
+    pub fn cluster(seeds: impl IntoIterator<Item = String>) -> Self {
+        let mut config = RedisConfig::sharded(seeds);
+        config.cluster = true;
+        config
     }
 
     /// Reads a URL: the address of one server or several, and query parameters that set the
@@ -154,6 +167,11 @@ impl RedisConfig {
     ///   replica. The user and password are the master's; `sentinel_username` and
     ///   `sentinel_password` log in to the sentinels, if they need it. Several master names
     ///   (`/m1,m2/0`) shard the channels over those masters as several hosts do.
+    /// - Cluster: `redis+cluster://[user:password@]n1[:port],n2[:port][/]` (`rediss+cluster://`
+    ///   with TLS): some nodes of one Redis Cluster. The layer reads the slot map from them
+    ///   when it is built and sends every command to the master serving its key's slot;
+    ///   `MOVED` and `ASK` redirections and failovers are followed. A cluster has database 0
+    ///   only.
     ///
     /// The user and password are everything before the last `@`, passed on as written (a
     /// percent-encoded password stays encoded until the client decodes it); write `/`, `?`,
@@ -228,11 +246,12 @@ impl RedisConfig {
             "redis" | "rediss" => (true, false),
             "unix" | "redis+unix" => (false, false),
             "redis+sentinel" | "rediss+sentinel" => (true, true),
+            "redis+cluster" | "rediss+cluster" => (true, false),
             _ => {
                 return Err(BuildError::InvalidUrl {
                     url: redacted_url(url),
                     reason: format!(
-                        "{scheme}: is not a Redis URL (redis://, rediss://, unix://, redis+unix://, redis+sentinel://, rediss+sentinel://)"
+                        "{scheme}: is not a Redis URL (redis://, rediss://, unix://, redis+unix://, redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://)"
                     ),
                 });
             }
@@ -276,6 +295,20 @@ impl RedisConfig {
         }
         config.hosts = if sentinel {
             sentinel_hosts(url, &scheme, &sentinel_login)?
+        } else if let Some(node_scheme) = scheme.strip_suffix("+cluster") {
+            config.cluster = true;
+            let nodes = format!("{node_scheme}{}", &url[scheme.len()..]);
+            let hosts = tcp_hosts(&nodes, node_scheme)?;
+            let db_path = hosts
+                .iter()
+                .any(|h| url::Url::parse(h).is_ok_and(|u| !matches!(u.path(), "" | "/" | "/0")));
+            if db_path {
+                return Err(BuildError::InvalidUrl {
+                    url: redacted_url(url),
+                    reason: "a cluster has database 0 only".into(),
+                });
+            }
+            hosts
         } else if tcp {
             tcp_hosts(url, &scheme)?
         } else {
@@ -429,7 +462,8 @@ impl fmt::Debug for RedisConfig {
             .field("random_prefix_length", &self.random_prefix_length)
             .field("receive_prefetch", &self.receive_prefetch)
             .field("connect_timeout", &self.connect_timeout)
-            .field("operation_timeout", &self.operation_timeout);
+            .field("operation_timeout", &self.operation_timeout)
+            .field("cluster", &self.cluster);
         #[cfg(feature = "redis-encryption")]
         out.field(
             "symmetric_encryption_keys",

@@ -31,11 +31,12 @@ pub(super) struct PullSet {
     /// The key names (a normal channel, or the non-local part `prefix.<client>!` of process
     /// channels) the pullers are blocking on now: a receiver whose key is among them needs not
     /// wake them.
-    blocking_on: HashSet<String>,
+    /// Per server: the key names its puller blocks on now.
+    blocking: Vec<HashSet<String>>,
     /// Key names a receiver is taking from directly now; the pullers leave them alone
     /// meanwhile. One taker per key at a time keeps messages in order.
     taking: HashSet<String>,
-    /// Counts the pullers' passes over their keys (each recomputes `blocking_on`).
+    /// Counts the pullers' passes over their keys (each recomputes its `blocking` set).
     generation: u64,
     /// How many pullers are inside `BZPOPMIN` now. Only those need a wake-up when what they
     /// should wait on changes: a puller between two blocks looks at the demand again before
@@ -83,7 +84,7 @@ impl Drop for Taking {
         pull.taking.remove(&self.name);
         let wake = pull.blocked > 0
             && inner.needed(&mut pull).contains_key(&self.name)
-            && !pull.blocking_on.contains(&self.name);
+            && !inner.pulled_by_all(&pull, &self.name);
         drop(pull);
         if wake {
             inner.wake_pullers();
@@ -106,7 +107,7 @@ impl Drop for DemandGuard<'_> {
         if let Some(n) = pull.waiting.get_mut(&self.channel) {
             *n = n.saturating_sub(1);
         }
-        // The key stays in `blocking_on` until the puller recomputes its keys: until then no
+        // The key stays among the ones pullers block on until they recompute their keys: until then no
         // receiver here takes from it directly, so it has one taker and keeps its order.
         let stale = pull.blocked > 0 && inner.stale_puller(&mut pull, &self.channel);
         drop(pull);
@@ -142,7 +143,7 @@ impl Inner {
     ) -> Option<Arc<Taking>> {
         // The key the message comes through: the channel's, or its process key.
         let name = non_local_name(channel);
-        if pull.blocking_on.contains(name) || pull.taking.contains(name) {
+        if self.pulled_by_all(pull, name) || pull.taking.contains(name) {
             return None;
         }
         pull.taking.insert(name.to_owned());
@@ -184,27 +185,30 @@ impl Inner {
 
     /// Commands that wake the pullers blocked in `BZPOPMIN`, so they pick up a changed set of
     /// keys.
-    pub(super) fn wake_commands(&self) -> Vec<Cmd> {
+    pub(super) fn wake_commands(&self, key: &str) -> Vec<Cmd> {
         let mut zadd = ::redis::cmd("ZADD");
-        zadd.arg(&self.wake_key).arg(0).arg("wake");
+        zadd.arg(key).arg(0).arg("wake");
         let mut ttl = ::redis::cmd("PEXPIRE");
-        ttl.arg(&self.wake_key).arg(60_000);
+        ttl.arg(key).arg(60_000);
         vec![zadd, ttl]
     }
 
-    /// Wakes the pullers, through the command threads, without waiting for the reply.
+    /// Wakes the pullers, through the command threads, without waiting for the reply. (On a
+    /// cluster each puller blocks on a wake key of its own, in the slot it waits on.)
     pub(super) fn wake_pullers(&self) {
         for server in &self.servers {
-            drop(server.commands.submit(self.wake_commands(), None));
+            let own = server.wake_key.lock().clone();
+            let key = if own.is_empty() { &self.wake_key } else { &own };
+            drop(server.commands.submit(self.wake_commands(key), None));
         }
     }
 
     /// The keys a puller takes from now: those receivers are waiting on, each with how many
     /// messages to take at most (one per waiting receiver, plus the prefetch). Keys lately
     /// found holding another type of data are left out for [`BAD_KEY_RECHECK`].
-    pub(crate) fn pull_keys(&self) -> Vec<PullKey> {
+    pub(crate) fn pull_keys(&self, server: usize) -> Vec<PullKey> {
         let mut pull = self.pull.lock();
-        let needed = self.keys_to_pull(&mut pull);
+        let needed = self.keys_for(&mut pull, server);
         let keys: Vec<PullKey> = needed
             .iter()
             .map(|(name, &count)| PullKey {
@@ -217,10 +221,45 @@ impl Inner {
                 count,
             })
             .collect();
-        pull.blocking_on = needed.into_keys().collect();
+        if pull.blocking.len() < self.servers.len() {
+            pull.blocking.resize_with(self.servers.len(), HashSet::new);
+        }
+        pull.blocking[server] = needed.into_keys().collect();
         pull.generation += 1;
         drop(pull);
         self.pulled_keys.notify_all();
+        keys
+    }
+
+    /// The servers a key name's messages are taken from: on a cluster the master serving its
+    /// slot, otherwise every server (a normal channel's messages may be on any of them).
+    fn servers_of(&self, name: &str) -> std::ops::Range<usize> {
+        match &self.cluster {
+            Some(topology) => {
+                let owner = topology.owner_of(self.key(name).as_bytes());
+                owner..owner + 1
+            }
+            None => 0..self.servers.len(),
+        }
+    }
+
+    /// Whether every puller that takes `name`'s messages blocks on it now.
+    pub(super) fn pulled_by_all(&self, pull: &PullSet, name: &str) -> bool {
+        self.servers_of(name)
+            .all(|s| pull.blocking.get(s).is_some_and(|set| set.contains(name)))
+    }
+
+    /// Whether some puller blocks on `name` now.
+    fn pulled_by_any(&self, pull: &PullSet, name: &str) -> bool {
+        pull.blocking.iter().any(|set| set.contains(name))
+    }
+
+    /// [`Inner::keys_to_pull`] for the puller of `server`.
+    fn keys_for(&self, pull: &mut PullSet, server: usize) -> HashMap<String, usize> {
+        let mut keys = self.keys_to_pull(pull);
+        if self.cluster.is_some() {
+            keys.retain(|name, _| self.servers_of(name).contains(&server));
+        }
         keys
     }
 
@@ -238,11 +277,12 @@ impl Inner {
     /// Called by a puller about to block on the keys of its last pass: `false` if the demand
     /// changed since (it passes again instead), else it counts as blocked until
     /// [`Inner::leave_block`]. Receivers that change the demand meanwhile wake it.
-    pub(crate) fn enter_block(&self) -> bool {
+    pub(crate) fn enter_block(&self, server: usize) -> bool {
         let mut pull = self.pull.lock();
-        let keys = self.keys_to_pull(&mut pull);
-        let same = keys.len() == pull.blocking_on.len()
-            && keys.keys().all(|k| pull.blocking_on.contains(k));
+        let keys = self.keys_for(&mut pull, server);
+        let blocking = pull.blocking.get(server);
+        let same = blocking
+            .is_some_and(|set| keys.len() == set.len() && keys.keys().all(|k| set.contains(k)));
         if same {
             pull.blocked += 1;
         }
@@ -260,7 +300,7 @@ impl Inner {
     /// be in flight back to Redis, and only that puller may take from the key.
     pub(super) fn stale_puller(&self, pull: &mut PullSet, channel: &str) -> bool {
         let key = non_local_name(channel);
-        pull.blocking_on.contains(key) && !self.needed(pull).contains_key(key)
+        self.pulled_by_any(pull, key) && !self.needed(pull).contains_key(key)
     }
 
     /// The pullers' pass count, if one of them is blocked on `channel`'s key for nobody.

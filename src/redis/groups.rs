@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use ::redis::Cmd;
 
 use super::codec::AsgiChannel;
+use super::conn::check_reply;
 use super::replies::{all_ok, ints, member_names, one_value, scanned, tally};
 use super::scripts::scripts;
 use super::{Inner, wall_clock};
@@ -25,6 +26,9 @@ pub(super) struct Bundles {
     capacities: Vec<usize>,
     sizes: Vec<usize>,
 }
+
+/// One script call per server (and per slot, on a cluster), with what it delivers.
+pub(super) type Deliveries = BTreeMap<(usize, u16), (Cmd, Bundles)>;
 
 impl Inner {
     pub(super) fn group_add_cmds(
@@ -49,7 +53,10 @@ impl Inner {
                     .div_ceil(1000)
                     .max(1),
             );
-        Ok((self.server_for(group), vec![zadd, expire]))
+        Ok((
+            self.server_of_key(&key, || self.server_for(group)),
+            vec![zadd, expire],
+        ))
     }
 
     pub(super) fn group_discard_cmds(
@@ -60,9 +67,13 @@ impl Inner {
         self.check_open()?;
         validate_group(group)?;
         validate_channel(channel)?;
+        let key = self.group_key(group);
         let mut zrem = ::redis::cmd("ZREM");
-        zrem.arg(self.group_key(group)).arg(channel);
-        Ok((self.server_for(group), vec![zrem]))
+        zrem.arg(&key).arg(channel);
+        Ok((
+            self.server_of_key(&key, || self.server_for(group)),
+            vec![zrem],
+        ))
     }
 
     pub(super) fn check_open(&self) -> Result<(), LayerError> {
@@ -76,12 +87,13 @@ impl Inner {
     pub(super) fn members_command(&self, group: &str) -> Result<(usize, Cmd), LayerError> {
         self.check_open()?;
         validate_group(group)?;
+        let key = self.group_key(group);
         let mut cmd = ::redis::cmd("EVALSHA");
         cmd.arg(&scripts().group_members.sha)
             .arg(1)
-            .arg(self.group_key(group))
+            .arg(&key)
             .arg(wall_clock() - self.layer_config().group_expiry.as_secs_f64());
-        Ok((self.server_for(group), cmd))
+        Ok((self.server_of_key(&key, || self.server_for(group)), cmd))
     }
 
     /// One bundled copy of the message per channel key, per server ([contract §3.7](crate::contract)), as commands.
@@ -89,7 +101,7 @@ impl Inner {
         &self,
         message: &Message,
         members: &[String],
-    ) -> Result<BTreeMap<usize, (Cmd, Bundles)>, MessageError> {
+    ) -> Result<Deliveries, MessageError> {
         let mut buckets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for name in members {
             if validate_channel(name).is_ok() {
@@ -97,14 +109,23 @@ impl Inner {
             }
         }
         let now = wall_clock();
-        let mut per_server: BTreeMap<usize, Bundles> = BTreeMap::new();
+        // Per server, and on a cluster per slot too: a script may touch one slot only.
+        let mut per_server: BTreeMap<(usize, u16), Bundles> = BTreeMap::new();
         for (non_local, names) in &buckets {
-            let bundles = per_server.entry(self.server_for(non_local)).or_default();
+            let key = self.key(non_local);
+            let place = match &self.cluster {
+                Some(topology) => {
+                    let slot = super::cluster::key_slot(key.as_bytes());
+                    (topology.owner(slot), slot)
+                }
+                None => (self.server_for(non_local), 0),
+            };
+            let bundles = per_server.entry(place).or_default();
             let member = self
                 .codec
                 .pack(message, AsgiChannel::Many(names))
                 .map_err(|e| MessageError::Encode(e.to_string()))?;
-            bundles.keys.push(self.key(non_local));
+            bundles.keys.push(key);
             bundles.members.push(member);
             bundles
                 .capacities
@@ -171,7 +192,7 @@ impl Inner {
                 .count(),
             ..GroupSendReport::default()
         };
-        for (server, (cmd, bundles)) in self.group_deliveries(&message, &members)? {
+        for ((server, _), (cmd, bundles)) in self.group_deliveries(&message, &members)? {
             let reply = self.exec(server, vec![cmd]).await?;
             let (expired, failed) =
                 tally(&mut report, one_value(reply, "group send")?, &bundles.sizes);
@@ -203,6 +224,7 @@ impl Inner {
         self.check_open()?;
         validate_group(group)?;
         if self.servers.len() != 1
+            || self.cluster.is_some()
             || self.codec.encrypts()
             || !self.layer_config().channel_capacity.is_empty()
         {
@@ -320,20 +342,33 @@ impl Inner {
                     .arg(1000);
                 let reply = one_value(self.exec(server, vec![scan]).await?, "scan")?;
                 let (next, keys) = scanned(reply)?;
-                if !keys.is_empty() {
-                    let mut flush = ::redis::cmd("EVALSHA");
-                    flush.arg(&scripts().flush.sha).arg(keys.len());
-                    for key in &keys {
-                        flush.arg(key.as_slice());
+                // On a cluster a script may touch one slot: one call per key there.
+                let batches: Vec<&[Vec<u8>]> = if self.cluster.is_some() {
+                    keys.chunks(1).collect()
+                } else if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![&keys[..]]
+                };
+                let flushes: Vec<Cmd> = batches
+                    .iter()
+                    .map(|batch| {
+                        let mut flush = ::redis::cmd("EVALSHA");
+                        flush.arg(&scripts().flush.sha).arg(batch.len());
+                        for key in *batch {
+                            flush.arg(key.as_slice());
+                        }
+                        flush.arg(&group_prefix).arg("__wake__:");
+                        flush
+                    })
+                    .collect();
+                if !flushes.is_empty() {
+                    for reply in self.exec(server, flushes).await? {
+                        let counted = ints(check_reply("flush", reply)?, "flush")?;
+                        dropped += counted
+                            .first()
+                            .map_or(0, |&n| u64::try_from(n).unwrap_or(0));
                     }
-                    flush.arg(&group_prefix).arg("__wake__:");
-                    let counted = ints(
-                        one_value(self.exec(server, vec![flush]).await?, "flush")?,
-                        "flush",
-                    )?;
-                    dropped += counted
-                        .first()
-                        .map_or(0, |&n| u64::try_from(n).unwrap_or(0));
                 }
                 if next == 0 {
                     break;

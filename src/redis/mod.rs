@@ -101,6 +101,9 @@ pub struct RedisLayer {
 /// One server: its connections and command thread.
 struct Server {
     commands: Commands,
+    /// On a cluster, the wake key its puller blocks on now (in the slot of the keys it waits
+    /// on, so the blocking command touches one slot); empty otherwise (the layer's wake key).
+    wake_key: Mutex<String>,
 }
 
 struct Inner {
@@ -123,7 +126,12 @@ struct Inner {
     /// Keys (by the name they hold messages for) found holding data of another type, with
     /// when that was seen: receives on them fail, and the pullers leave them alone for a while.
     bad_keys: Mutex<HashMap<String, (Instant, BackendError)>>,
+    /// The slot map, on a Redis Cluster.
+    cluster: Option<Arc<cluster::Topology>>,
 }
+
+/// How many redirections (`MOVED`, `ASK`) one command follows at most.
+const MAX_REDIRECTS: usize = 3;
 
 fn wall_clock() -> f64 {
     SystemTime::now()
@@ -181,11 +189,26 @@ impl RedisLayer {
         let ca = config.tls_ca_cert.as_deref();
         #[cfg(not(feature = "redis-tls"))]
         let ca = None;
+        let cluster = if config.cluster {
+            Some(Arc::new(cluster::discover(&config.hosts, ca, timeouts)?))
+        } else {
+            None
+        };
         let mut servers = Vec::with_capacity(config.hosts.len());
-        for (i, host) in config.hosts.iter().enumerate() {
-            let pool = Pool::new(Endpoint::new(host, ca)?, timeouts, counters.clone());
+        let count = cluster.as_ref().map_or(config.hosts.len(), |t| t.len());
+        for i in 0..count {
+            let endpoint = match &cluster {
+                Some(topology) => {
+                    Endpoint::cluster_node(&config.hosts[0], ca, topology.clone(), i)?
+                }
+                None => Endpoint::new(&config.hosts[i], ca)?,
+            };
+            let pool = Pool::new(endpoint, timeouts, counters.clone());
             let commands = Commands::start(Arc::new(pool), format!("channel-layer-redis-{i}"))?;
-            servers.push(Server { commands });
+            servers.push(Server {
+                commands,
+                wake_key: Mutex::new(String::new()),
+            });
         }
         let client_prefix = random_hex(16);
         let local = InMemoryLayer::new(config.layer.clone());
@@ -201,6 +224,7 @@ impl RedisLayer {
             pulled_keys: Condvar::new(),
             next_server: AtomicUsize::new(0),
             bad_keys: Mutex::new(HashMap::new()),
+            cluster,
             config,
         });
         for i in 0..inner.servers.len() {
@@ -251,6 +275,15 @@ impl Inner {
         consistent_hash(name, self.servers.len())
     }
 
+    /// The server a key is stored on: on a cluster, the master serving its slot; otherwise
+    /// `sharded` (the server channels_redis's rules pick).
+    fn server_of_key(&self, key: &str, sharded: impl FnOnce() -> usize) -> usize {
+        match &self.cluster {
+            Some(topology) => topology.owner_of(key.as_bytes()),
+            None => sharded(),
+        }
+    }
+
     fn round_robin(&self) -> usize {
         self.next_server.fetch_add(1, Ordering::Relaxed) % self.servers.len()
     }
@@ -284,7 +317,75 @@ impl Inner {
 
     /// Runs commands on `server` through its command thread, by the operation timeout.
     async fn exec(&self, server: usize, cmds: Vec<Cmd>) -> Result<Vec<RedisValue>, BackendError> {
-        self.servers[server].commands.run_async(cmds).await
+        if self.cluster.is_none() {
+            return self.servers[server].commands.run_async(cmds).await;
+        }
+        let mut replies = self.servers[server]
+            .commands
+            .run_async(cmds.clone())
+            .await?;
+        for _ in 0..MAX_REDIRECTS {
+            let mut again = false;
+            for (i, reply) in replies.iter_mut().enumerate() {
+                if let Some((target, pipeline)) = self.redirected(reply, &cmds[i]) {
+                    let mut answers = self.servers[target].commands.run_async(pipeline).await?;
+                    *reply = answers.pop().unwrap_or(RedisValue::Nil);
+                    again = true;
+                }
+            }
+            if !again {
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// [`Inner::exec`] on the caller's thread.
+    fn run_blocking(&self, server: usize, cmds: &[Cmd]) -> Result<Vec<RedisValue>, BackendError> {
+        let mut replies = self.servers[server].commands.run(cmds)?;
+        if self.cluster.is_none() {
+            return Ok(replies);
+        }
+        for _ in 0..MAX_REDIRECTS {
+            let mut again = false;
+            for (i, reply) in replies.iter_mut().enumerate() {
+                if let Some((target, pipeline)) = self.redirected(reply, &cmds[i]) {
+                    let mut answers = self.servers[target].commands.run(&pipeline)?;
+                    *reply = answers.pop().unwrap_or(RedisValue::Nil);
+                    again = true;
+                }
+            }
+            if !again {
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// For a `MOVED` or `ASK` reply to `cmd`: the server to send it to and what to send
+    /// (`ASKING` first for an `ASK`). A `MOVED` reads the slot map again.
+    fn redirected(&self, reply: &RedisValue, cmd: &Cmd) -> Option<(usize, Vec<Cmd>)> {
+        let topology = self.cluster.as_ref()?;
+        let (ask, slot, addr) = cluster::redirection(reply)?;
+        if ask {
+            let target = topology.index_of(&addr)?;
+            Some((target, vec![::redis::cmd("ASKING"), cmd.clone()]))
+        } else {
+            if topology.index_of(&addr) != Some(topology.owner(slot)) {
+                self.refresh_topology();
+            }
+            let target = topology
+                .index_of(&addr)
+                .unwrap_or_else(|| topology.owner(slot));
+            Some((target, vec![cmd.clone()]))
+        }
+    }
+
+    /// Reads the cluster's slot map again (at most every 100 ms).
+    pub(crate) fn refresh_topology(&self) {
+        if let Some(topology) = &self.cluster {
+            topology.refresh();
+        }
     }
 
     fn pool(&self, server: usize) -> &Arc<Pool> {

@@ -28,6 +28,10 @@ use crate::metrics::Counters;
 /// The longest a puller blocks before it looks at its keys (and the layer) again.
 const BLOCK_SECS: f64 = 1.0;
 
+/// On a cluster, how long a puller blocks on one slot's keys while it also waits on keys in
+/// other slots (which its passes in between take from).
+const CLUSTER_POLL_SECS: f64 = 0.02;
+
 /// The first pause after a failure, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -89,7 +93,7 @@ fn run(view: &Weak<Inner>, server: usize) {
                 }
             },
         };
-        match pull_once(&layer, &pool, c) {
+        match pull_once(&layer, &pool, c, server) {
             Ok(()) => backoff.reset(),
             Err(e) => {
                 pool.failure(&e);
@@ -117,9 +121,15 @@ fn pack(cmds: &[Cmd]) -> Vec<u8> {
 }
 
 /// Takes what is waiting, or blocks until something arrives or a second passes.
-fn pull_once(layer: &Arc<Inner>, pool: &Pool, conn: &mut Connection) -> Result<(), BackendError> {
+fn pull_once(
+    layer: &Arc<Inner>,
+    pool: &Pool,
+    conn: &mut Connection,
+    server: usize,
+) -> Result<(), BackendError> {
     let timeouts: Timeouts = pool.timeouts();
-    let keys = layer.pull_keys();
+    // On a cluster, each key is taken from the master serving its slot only.
+    let keys = layer.pull_keys(server);
     // One message from one key: `BZPOPMIN` returns at once when the key holds one, so a pass
     // before it would only cost a round trip (a receive's reply waits on this).
     let single = keys.len() == 1 && keys[0].count == 1;
@@ -143,6 +153,9 @@ fn pull_once(layer: &Arc<Inner>, pool: &Pool, conn: &mut Connection) -> Result<(
         let mut back = Vec::new();
         let mut refused = None;
         for (k, reply) in keys.iter().zip(replies) {
+            if crate::redis::cluster::redirection(&reply).is_some() {
+                layer.refresh_topology();
+            }
             if let Value::ServerError(e) = &reply {
                 let error = layer.key_error(&k.channel, e.code(), e.details().unwrap_or_default());
                 if error.kind() != BackendErrorKind::WrongType {
@@ -169,7 +182,7 @@ fn pull_once(layer: &Arc<Inner>, pool: &Pool, conn: &mut Connection) -> Result<(
             return Ok(());
         }
     }
-    block(layer, conn, timeouts, &keys)
+    block(layer, conn, timeouts, &keys, server)
 }
 
 /// Blocks in `BZPOPMIN` on every key (and the wake key) for up to [`BLOCK_SECS`].
@@ -177,19 +190,52 @@ fn block(
     layer: &Arc<Inner>,
     conn: &mut Connection,
     timeouts: Timeouts,
-    keys: &[PullKey],
+    all_keys: &[PullKey],
+    server: usize,
 ) -> Result<(), BackendError> {
+    let (wake_key, keys, block_secs) = match &layer.cluster {
+        None => (
+            layer.wake_key.clone(),
+            all_keys.iter().collect::<Vec<_>>(),
+            BLOCK_SECS,
+        ),
+        Some(topology) => {
+            // One blocking command may touch one slot: it waits on the keys of one slot (with
+            // a wake key of this layer's in that slot), and briefly when keys in other slots
+            // are waited on too, so the passes in between take from those.
+            let slot_of = |k: &PullKey| crate::redis::cluster::key_slot(k.key.as_bytes());
+            let slot = all_keys
+                .first()
+                .map(slot_of)
+                .or_else(|| topology.a_slot_of(server))
+                .unwrap_or(0);
+            let keys: Vec<&PullKey> = all_keys.iter().filter(|k| slot_of(k) == slot).collect();
+            let secs = if keys.len() < all_keys.len() {
+                CLUSTER_POLL_SECS
+            } else {
+                BLOCK_SECS
+            };
+            let wake = format!(
+                "{}__wake__:{{{}}}:{}",
+                layer.config.prefix,
+                topology.tag_for(slot),
+                layer.client_prefix
+            );
+            *layer.servers[server].wake_key.lock() = wake.clone();
+            (wake, keys, secs)
+        }
+    };
     let mut cmd = ::redis::cmd("BZPOPMIN");
-    cmd.arg(&layer.wake_key);
-    for k in keys {
+    cmd.arg(&wake_key);
+    for k in &keys {
         cmd.arg(&k.key);
     }
-    cmd.arg(BLOCK_SECS);
-    if !layer.enter_block() {
+    cmd.arg(block_secs);
+    if !layer.enter_block(server) {
         // The demand changed during the pass: pass again over the new keys.
         return Ok(());
     }
-    let deadline = Instant::now() + Duration::from_secs_f64(BLOCK_SECS) + timeouts.reply_guard;
+    let deadline = Instant::now() + Duration::from_secs_f64(block_secs) + timeouts.reply_guard;
     let exchanged = conn.exchange(&cmd.get_packed_command(), 1, Some(deadline));
     layer.leave_block();
     let mut replies = exchanged.inspect_err(|e| layer.take_lost(e, 1))?;
@@ -204,7 +250,7 @@ fn block(
     let Value::BulkString(key) = parts.remove(0) else {
         return Ok(());
     };
-    if let Some(k) = keys.iter().find(|k| k.key.as_bytes() == key.as_slice()) {
+    if let Some(&k) = keys.iter().find(|k| k.key.as_bytes() == key.as_slice()) {
         let mut back = Vec::new();
         for (member, score) in popped(Value::Array(parts)) {
             if !layer.pulled(&k.channel, &member, score) {
@@ -243,7 +289,16 @@ fn put_back(
         cmds.len(),
         Some(Instant::now() + timeouts.operation),
     ) {
-        Ok(_) => Ok(()),
+        Ok(replies) => {
+            // A ZADD the server refused (the slot moved away, on a cluster) put nothing back:
+            // that message waits in the local buffers instead.
+            for (i, (k, member, score)) in back_again.into_iter().enumerate() {
+                if matches!(replies.get(2 * i), Some(Value::ServerError(_))) {
+                    layer.arrived(&k.channel, &member, score);
+                }
+            }
+            Ok(())
+        }
         Err(e) => {
             if e.may_have_applied() {
                 // They may be back in Redis or gone: never delivered twice, counted as lost.

@@ -172,7 +172,13 @@ impl Inner {
         taking: Arc<Taking>,
     ) -> Vec<(Reply, Instant)> {
         let (from, key) = self.take_from(channel);
-        (0..self.servers.len())
+        // On a cluster, the key lives on one master only.
+        let servers: Vec<usize> = match &self.cluster {
+            Some(topology) => vec![topology.owner_of(key.as_bytes())],
+            None => (0..self.servers.len()).collect(),
+        };
+        servers
+            .into_iter()
             .map(|server| {
                 let mut cmd = ::redis::cmd("ZPOPMIN");
                 cmd.arg(&key).arg(count);

@@ -22,13 +22,13 @@ impl Inner {
     fn send_one(&self, channel: &str, message: &Message) -> Result<(usize, SendOne), MessageError> {
         let (key, asgi, server) = if is_process_specific(channel) {
             let non_local = non_local_name(channel);
-            (
-                self.key(non_local),
-                AsgiChannel::One(channel),
-                self.server_for(non_local),
-            )
+            let key = self.key(non_local);
+            let server = self.server_of_key(&key, || self.server_for(non_local));
+            (key, AsgiChannel::One(channel), server)
         } else {
-            (self.key(channel), AsgiChannel::None, self.round_robin())
+            let key = self.key(channel);
+            let server = self.server_of_key(&key, || self.round_robin());
+            (key, AsgiChannel::None, server)
         };
         let member = self
             .codec
@@ -72,17 +72,22 @@ impl Inner {
     pub(super) fn send_blocking(&self, channel: &str, message: Message) -> Result<(), SendError> {
         let (message, server, send) = self.prepare_send(channel, message)?;
         let capacity = send.capacity;
+        let reply = self.run_blocking(server, &[Self::send_cmd(&send)]);
+        self.sent(channel, &send.key, capacity, message, reply, true)
+    }
+
+    /// The send script's command for `send`.
+    fn send_cmd(send: &SendOne) -> ::redis::Cmd {
         let mut cmd = ::redis::cmd("EVALSHA");
         cmd.arg(&scripts().send.sha)
             .arg(1)
             .arg(&send.key)
-            .arg(send.member)
+            .arg(send.member.as_slice())
             .arg(send.score)
             .arg(send.cutoff)
             .arg(send.capacity)
             .arg(send.ttl_millis);
-        let reply = self.servers[server].commands.run(&[cmd]);
-        self.sent(channel, &send.key, capacity, message, reply, true)
+        cmd
     }
 
     /// A send through the command thread, which bundles it with the other sends queued for the
@@ -96,7 +101,12 @@ impl Inner {
     ) -> Result<(), SendError> {
         let (message, server, send) = self.prepare_send(channel, message)?;
         let (capacity, key) = (send.capacity, send.key.clone());
-        let reply = self.servers[server].commands.send_async(send).await;
+        let reply = if self.cluster.is_some() {
+            // One script call per send, so a redirection is followed like any command's.
+            self.exec(server, vec![Self::send_cmd(&send)]).await
+        } else {
+            self.servers[server].commands.send_async(send).await
+        };
         self.sent(channel, &key, capacity, message, reply, count_full)
     }
 

@@ -48,6 +48,9 @@ impl Cluster {
                 "2000",
                 "--cluster-port",
                 &bus,
+                // Replicas copy their master at once (by default a diskless copy waits 5 s).
+                "--repl-diskless-sync-delay",
+                "0",
             ])?);
         }
         let addresses: Vec<String> = nodes
@@ -68,12 +71,31 @@ impl Cluster {
         );
         let cluster = Cluster { nodes };
         cluster.wait_until_ok();
+        // And every replica holds its master's data (only such a replica can take over).
+        let deadline = Instant::now() + SETTLE;
+        for node in &cluster.nodes {
+            loop {
+                let info = node.command(&["INFO", "replication"]);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica did not sync:\n{info}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
         Some(cluster)
     }
 
     /// Until every running node says `cluster_state:ok` and sees three masters serving slots
     /// and a replica for each.
     pub fn wait_until_ok(&self) {
+        self.wait_until(3);
+    }
+
+    /// Until every running node says `cluster_state:ok` and sees three masters serving slots
+    /// and `replicas` replicas that have not failed.
+    pub fn wait_until(&self, replicas: usize) {
+        let expected = replicas;
         let deadline = Instant::now() + SETTLE;
         loop {
             let ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
@@ -85,7 +107,7 @@ impl Cluster {
                     .count();
                 n.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
                     && masters == 3
-                    && replicas == 3
+                    && replicas == expected
             });
             if ok {
                 return;
@@ -129,6 +151,41 @@ impl Cluster {
                 })
             })
             .collect()
+    }
+
+    /// The master serving `slot` now.
+    pub fn master_of(&self, slot: u16) -> Node {
+        self.topology()
+            .into_iter()
+            .filter(|n| n.master)
+            .find(|n| {
+                n.slots.iter().any(|r| {
+                    let (a, b) = match r.split_once('-') {
+                        Some((a, b)) => (a.parse().unwrap_or(u16::MAX), b.parse().unwrap_or(0)),
+                        None => (r.parse().unwrap_or(u16::MAX), r.parse().unwrap_or(0)),
+                    };
+                    (a..=b).contains(&slot)
+                })
+            })
+            .expect("a master serves every slot")
+    }
+
+    /// Moves `slots` slots from the master `from` to the master `to` with `redis-cli --cluster
+    /// reshard`, keys and all.
+    pub fn reshard(&self, from: &Node, to: &Node, slots: usize) -> String {
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", to.port)])
+            .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "reshard failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The running node on `port`.

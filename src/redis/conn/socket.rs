@@ -57,6 +57,8 @@ enum Addr {
     Unix(PathBuf),
     /// The master the sentinels name, asked on every new connection.
     Sentinel(Arc<SentinelSet>),
+    /// The current address of one master of a cluster.
+    Cluster(Arc<crate::redis::cluster::Topology>, usize),
 }
 
 impl Endpoint {
@@ -142,6 +144,29 @@ impl Endpoint {
         })
     }
 
+    /// A connection to master `index` of a cluster, wherever `topology` says it is now, with
+    /// the login of `seed` (a `redis://` or `rediss://` URL of one node).
+    pub(crate) fn cluster_node(
+        seed: &str,
+        tls_ca: Option<&[u8]>,
+        topology: Arc<crate::redis::cluster::Topology>,
+        index: usize,
+    ) -> Result<Self, BuildError> {
+        let mut endpoint = Endpoint::new(seed, tls_ca)?;
+        endpoint.name = format!("cluster master {index}");
+        endpoint.db = 0;
+        endpoint.addr = Addr::Cluster(topology, index);
+        Ok(endpoint)
+    }
+
+    /// The same login, to the server at `host:port`.
+    pub(crate) fn at(mut self, host: &str, port: u16) -> Self {
+        self.name = format!("{host}:{port}");
+        self.addr = Addr::Tcp(host.to_owned(), port);
+        self.db = 0;
+        self
+    }
+
     /// The server, as `host:port` or a socket path.
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn name(&self) -> &str {
@@ -165,6 +190,33 @@ impl Endpoint {
                 let (host, port) = self.ask_sentinels(set, deadline)?;
                 let name = format!("{host}:{port} ({})", self.name);
                 (self.tcp(&host, port, deadline, &name)?, Some(name))
+            }
+            Addr::Cluster(topology, index) => {
+                let addr = |topology: &crate::redis::cluster::Topology| {
+                    topology.addr(*index).ok_or_else(|| {
+                        BackendError::new(
+                            BackendErrorKind::Unavailable,
+                            format!("redis {}: not in the cluster's slot map", self.name),
+                        )
+                        .unsent()
+                    })
+                };
+                let (host, port) = addr(topology)?;
+                let name = format!("{host}:{port} ({})", self.name);
+                match self.tcp(&host, port, deadline, &name) {
+                    Ok(stream) => (stream, Some(name)),
+                    Err(e) => {
+                        // The master may have failed over: read the map again, and try the
+                        // address it gives if that changed.
+                        topology.refresh();
+                        let (host2, port2) = addr(topology)?;
+                        if (host2.as_str(), port2) == (host.as_str(), port) {
+                            return Err(e);
+                        }
+                        let name = format!("{host2}:{port2} ({})", self.name);
+                        (self.tcp(&host2, port2, deadline, &name)?, Some(name))
+                    }
+                }
             }
         };
         let name = name.as_deref().unwrap_or(&self.name);
