@@ -27,19 +27,37 @@ use std::time::{Duration, Instant};
 use channel_layer::redis::{RedisConfig, RedisLayer};
 use channel_layer::{AnyLayer, ChannelLayer, ChannelLayerExt};
 use common::{Spread, median, message, rpc_by_hand, rpc_toolkit};
+use support::redis_cluster::Cluster;
 use support::redis_server::RedisServer;
 
 const MEMBERS: usize = 100;
 
-fn layer(server: &RedisServer, prefix: &str, prefetch: usize) -> RedisLayer {
-    let mut config = RedisConfig::new(server.url());
+/// Where a bench's layers go: one server, or a cluster.
+trait Target {
+    fn config(&self) -> RedisConfig;
+}
+
+impl Target for RedisServer {
+    fn config(&self) -> RedisConfig {
+        RedisConfig::new(self.url())
+    }
+}
+
+impl Target for Cluster {
+    fn config(&self) -> RedisConfig {
+        RedisConfig::from_url(&format!("redis+cluster://{}", self.seeds())).expect("cluster URL")
+    }
+}
+
+fn layer(target: &dyn Target, prefix: &str, prefetch: usize) -> RedisLayer {
+    let mut config = target.config();
     config.prefix = prefix.to_owned();
     config.layer.capacity = 1_000_000;
     config.receive_prefetch = prefetch;
     RedisLayer::new(config).expect("config")
 }
 
-fn p2p(server: &RedisServer, n: usize, pipelined: bool, run: usize) -> f64 {
+fn p2p(server: &dyn Target, n: usize, pipelined: bool, run: usize) -> f64 {
     let prefix = format!("p2p{run}{}:", u8::from(pipelined));
     let producer = layer(server, &prefix, 0);
     let consumer = layer(server, &prefix, if pipelined { 256 } else { 0 });
@@ -78,7 +96,7 @@ fn p2p(server: &RedisServer, n: usize, pipelined: bool, run: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn fanout(server: &RedisServer, groups: usize, run: usize) -> f64 {
+fn fanout(server: &dyn Target, groups: usize, run: usize) -> f64 {
     let layer = layer(server, &format!("fan{run}:"), 0);
     let members: Vec<String> = (0..MEMBERS)
         .map(|_| layer.new_channel("member").expect("name"))
@@ -294,4 +312,14 @@ fn main() {
         Spread::of(runs.iter().map(|r| r.0).collect()),
         Spread::of(runs.iter().map(|r| r.1).collect())
     );
+
+    // The same on a cluster of three masters (each with a replica), all on this machine.
+    if let Some(cluster) = Cluster::start() {
+        let blocking = Spread::of((0..reps).map(|r| p2p(&cluster, n, false, r)).collect());
+        let pipelined = Spread::of((0..reps).map(|r| p2p(&cluster, n * 5, true, r)).collect());
+        let fan = Spread::of((0..reps).map(|r| fanout(&cluster, groups, r)).collect());
+        println!(
+            "cluster      3 masters + 3 replicas on this machine: blocking sends {blocking} msg/s | pipelined sends {pipelined} msg/s | fan-out 100 {fan} deliveries/s"
+        );
+    }
 }

@@ -46,7 +46,7 @@ impl AnyLayer {
     /// | URL | backend |
     /// |---|---|
     /// | `memory://` (or `memory:`) | [`InMemoryLayer`] |
-    /// | `redis://`, `rediss://`, `unix://`, `redis+unix://`, `redis+sentinel://`, `rediss+sentinel://` (feature `redis`) | `RedisLayer`, see `RedisConfig::from_url` |
+    /// | `redis://`, `rediss://`, `unix://`, `redis+unix://`, `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`, `rediss+cluster://` (feature `redis`) | `RedisLayer`, see `RedisConfig::from_url` |
     /// | a scheme given to [`register_backend`] | that backend |
     ///
     /// Query parameters set options; every backend takes `capacity`, `expiry` and
@@ -124,13 +124,15 @@ impl From<InMemoryLayer> for AnyLayer {
 }
 
 /// The schemes of the Redis backend.
-const REDIS_SCHEMES: [&str; 6] = [
+const REDIS_SCHEMES: [&str; 8] = [
     "redis",
     "rediss",
     "unix",
     "redis+unix",
     "redis+sentinel",
     "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
 ];
 
 /// The schemes this build can open, sorted: `memory`, the Redis ones when the `redis` feature

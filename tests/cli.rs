@@ -418,7 +418,9 @@ fn an_unknown_scheme_lists_the_known_ones() {
     assert!(line.contains("memory"), "{line}");
     if cfg!(feature = "redis") {
         assert!(
-            line.contains("redis, redis+sentinel, redis+unix, rediss, rediss+sentinel, unix"),
+            line.contains(
+                "redis, redis+cluster, redis+sentinel, redis+unix, rediss, rediss+cluster, rediss+sentinel, unix"
+            ),
             "{line}"
         );
     }

@@ -78,9 +78,11 @@ fn an_unknown_scheme_lists_the_schemes_this_build_knows() {
     if cfg!(feature = "redis") {
         expected.extend([
             "redis",
+            "redis+cluster",
             "redis+sentinel",
             "redis+unix",
             "rediss",
+            "rediss+cluster",
             "rediss+sentinel",
             "unix",
         ]);
@@ -156,6 +158,27 @@ mod redis {
         ));
         // From AnyLayer too.
         assert!(AnyLayer::from_url("redis+sentinel://127.0.0.1:1/m/0").is_ok());
+    }
+
+    #[test]
+    fn cluster_urls_name_seed_nodes_and_have_database_0_only() {
+        let config =
+            RedisConfig::from_url("redis+cluster://u:pw@n1:7000,n2:7001?prefix=x&timeout=1")
+                .unwrap();
+        assert!(config.cluster);
+        assert_eq!(
+            config.hosts,
+            ["redis://u:pw@n1:7000", "redis://u:pw@n2:7001"]
+        );
+        assert!(RedisConfig::from_url("redis+cluster://n1:7000/0").is_ok());
+        assert!(matches!(
+            RedisConfig::from_url("redis+cluster://n1:7000/3"),
+            Err(BuildError::InvalidUrl { .. })
+        ));
+        // The slot map is read when the layer is built: no node answering is a typed error.
+        let err = AnyLayer::from_url("redis+cluster://127.0.0.1:1?connect_timeout=1").unwrap_err();
+        assert!(matches!(err, BuildError::Backend(_)), "{err:?}");
+        assert!(err.to_string().contains("slot map"), "{err}");
     }
 
     #[test]

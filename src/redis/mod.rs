@@ -156,11 +156,13 @@ impl RedisLayer {
         RedisLayer::new(RedisConfig::from_url(url)?)
     }
 
-    /// A layer with `config`. Connections are made lazily and remade after failures.
+    /// A layer with `config`. Connections are made lazily and remade after failures; only on a
+    /// cluster ([`RedisConfig::cluster`]) is one node asked for the slot map now.
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for invalid settings or server addresses.
+    /// [`BuildError`] for invalid settings or server addresses, and
+    /// [`BuildError::Backend`] when no seed node of a cluster gives its slot map.
     pub fn new(config: RedisConfig) -> Result<Self, BuildError> {
         config.validate()?;
         let timeouts = Timeouts {
