@@ -305,3 +305,69 @@ fn slots_moved_between_masters_mid_traffic_lose_nothing() {
     );
     assert!(unique.iter().all(|n| acked.contains(n) || *n >= 0));
 }
+
+#[test]
+fn acl_users_encryption_and_the_cli_work_on_the_cluster() {
+    let cluster = shared();
+    // ACL users are per node: every node gets it (a replica may become a master).
+    for node in &cluster.nodes {
+        let reply = node.command(&[
+            "ACL", "SETUSER", "svc", "on", ">svc-pw", "~*", "&*", "+@all",
+        ]);
+        assert!(reply.starts_with("+OK"), "{reply}");
+    }
+    let seeds = cluster.seeds();
+    let url = format!("redis+cluster://svc:svc-pw@{seeds}?prefix=acl&symmetric_encryption_keys=k1");
+    let layer = RedisLayer::from_url(&url).unwrap();
+    layer
+        .send(
+            "acl.chan",
+            Message::new("secret").with("text", "plain words"),
+        )
+        .unwrap();
+    let owner = cluster.master_of(key_slot(b"aclacl.chan"));
+    let stored = cluster
+        .node(owner.port)
+        .command(&["ZRANGE", "aclacl.chan", "0", "-1"]);
+    assert!(stored.starts_with("*1\r\n"), "one message stored: {stored}");
+    assert!(
+        !stored.contains("plain words"),
+        "stored encrypted: {stored}"
+    );
+    let got = layer
+        .receive_timeout("acl.chan", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        got.get("text").and_then(|v| v.as_str()),
+        Some("plain words")
+    );
+    // A wrong password: the slot map cannot even be read.
+    let wrong = RedisLayer::from_url(&format!(
+        "redis+cluster://svc:nope@{seeds}?connect_timeout=1"
+    ));
+    assert!(wrong.is_err(), "{wrong:?}");
+
+    // The CLI, configured by CHANNEL_LAYER_URL.
+    let cli = support::example::example_binary("cli");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .args(args)
+            .env(
+                "CHANNEL_LAYER_URL",
+                format!("redis+cluster://{seeds}?prefix=cli"),
+            )
+            .output()
+            .expect("the cli runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["send", "cli.chan", r#"{"type":"via.cluster"}"#]);
+    assert_eq!(
+        run(&["receive", "cli.chan", "--timeout", "5"]),
+        "{\"type\":\"via.cluster\"}\n"
+    );
+}
