@@ -49,6 +49,10 @@ pub struct MetricsSnapshot {
     pub backend_errors: u64,
     /// Connections a network backend made again after one was lost or could not be made.
     pub reconnects: u64,
+    /// Messages a network backend's server stored but no replica confirmed in time, where
+    /// confirmation was asked for (Redis `replica_acks`): should that server fail now, a
+    /// replica promoted in its place may not have them.
+    pub unreplicated: u64,
     /// Messages queued now.
     pub queued_messages: u64,
     /// Channels holding messages or waiting receivers now.
@@ -89,6 +93,8 @@ pub struct Counters {
     pub backend_errors: AtomicU64,
     /// See [`MetricsSnapshot::reconnects`].
     pub reconnects: AtomicU64,
+    /// See [`MetricsSnapshot::unreplicated`].
+    pub unreplicated: AtomicU64,
 }
 
 impl Counters {
@@ -115,6 +121,7 @@ impl Counters {
             lost: get(&self.lost),
             backend_errors: get(&self.backend_errors),
             reconnects: get(&self.reconnects),
+            unreplicated: get(&self.unreplicated),
             ..MetricsSnapshot::default()
         }
     }

@@ -92,6 +92,7 @@ fn export(m: &MetricsSnapshot) {
         ("channel_layer.group_skipped_failed", m.group_skipped_failed),
         ("channel_layer.lost", m.lost),
         ("channel_layer.backend_errors", m.backend_errors),
+        ("channel_layer.unreplicated", m.unreplicated),
         ("channel_layer.reconnects", m.reconnects),
     ];
     for (name, value) in counters {

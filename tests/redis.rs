@@ -438,3 +438,44 @@ fn a_waiting_receive_costs_one_take_and_one_block() {
     assert_eq!(calls_of(&server, "zpopmin"), 1);
     assert!(calls_of(&server, "bzpopmin") >= 1);
 }
+
+#[test]
+fn replica_confirmation_counts_what_no_replica_confirmed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // This server has no replica: nothing it stores is confirmed, and all of it is counted.
+    let url = format!(
+        "{}?prefix=acks&replica_acks=1&replica_ack_timeout=0.05",
+        server.url()
+    );
+    let layer = RedisLayer::from_url(&url).unwrap();
+    layer.send("acks.a", Message::new("one")).unwrap();
+    futures::executor::block_on(layer.send_async("acks.a", Message::new("two"))).unwrap();
+    let member = layer.new_channel("m").unwrap();
+    layer.group_add("acks.room", &member).unwrap();
+    assert_eq!(
+        layer
+            .group_send("acks.room", Message::new("g"))
+            .unwrap()
+            .delivered,
+        1
+    );
+    assert_eq!(layer.metrics().unreplicated, 3, "{:?}", layer.metrics());
+    // Still delivered: the count says what a failover could lose, nothing more.
+    assert!(
+        layer
+            .receive_timeout("acks.a", Duration::from_secs(5))
+            .is_ok()
+    );
+    assert!(
+        layer
+            .receive_timeout(&member, Duration::from_secs(5))
+            .is_ok()
+    );
+    // Without the option nothing waits and nothing is counted.
+    let plain = layer_on(&server, LayerConfig::default());
+    plain.send("acks.b", Message::new("x")).unwrap();
+    assert_eq!(plain.metrics().unreplicated, 0);
+    assert!(RedisLayer::from_url(&format!("{}?replica_acks=65", server.url())).is_err());
+}

@@ -27,6 +27,8 @@ const URL_PARAMS: &[&str] = &[
     "db",
     "sentinel_username",
     "sentinel_password",
+    "replica_acks",
+    "replica_ack_timeout",
 ];
 
 /// The port a sentinel listens on when a URL gives none.
@@ -100,9 +102,22 @@ pub struct RedisConfig {
     /// shard over: the layer reads the cluster's slot map from them when it is built, and
     /// routes every key to the master serving its slot.
     pub cluster: bool,
+    /// How many replicas must confirm each stored message (Redis `WAIT`), or 0 (the default)
+    /// not to ask. A message its server stored that fewer replicas confirmed within
+    /// [`RedisConfig::replica_ack_timeout`] is still sent, and counted in
+    /// [`MetricsSnapshot::unreplicated`](crate::MetricsSnapshot::unreplicated): those are the
+    /// messages a failover right then may lose (replication is asynchronous). Each send then
+    /// costs that wait too. At most [`RedisConfig::MAX_REPLICA_ACKS`].
+    pub replica_acks: usize,
+    /// How long a send waits for [`RedisConfig::replica_acks`] (default 100 ms, at most
+    /// [`RedisConfig::MAX_TIMEOUT`]).
+    pub replica_ack_timeout: Duration,
 }
 
 impl RedisConfig {
+    /// The largest [`RedisConfig::replica_acks`] allowed.
+    pub const MAX_REPLICA_ACKS: usize = 64;
+
     /// The longest [`RedisConfig::connect_timeout`] and [`RedisConfig::operation_timeout`]
     /// allowed: one hour. A call that waits longer than that for Redis is better reported as
     /// failed; and every deadline computed from a timeout stays far from overflowing.
@@ -136,6 +151,8 @@ impl RedisConfig {
             #[cfg(feature = "redis-tls")]
             tls_ca_cert: None,
             cluster: false,
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_millis(100),
         }
     }
 
@@ -196,6 +213,8 @@ impl RedisConfig {
     /// | `tls_ca_file` | a PEM root certificate, read now | feature `redis-tls` |
     /// | `db` | the database of a `unix://` socket | (for `redis://`, the path is the database) |
     /// | `sentinel_username`, `sentinel_password` | the login to the sentinels of a `redis+sentinel://` URL | only there |
+    /// | `replica_acks` | [`RedisConfig::replica_acks`] | 0 to [`RedisConfig::MAX_REPLICA_ACKS`] (64) |
+    /// | `replica_ack_timeout` | [`RedisConfig::replica_ack_timeout`], seconds | above 0, at most [`RedisConfig::MAX_TIMEOUT`] |
     ///
     /// Seconds may have fractions (`0.5`); numbers that are not finite, negative or out of range
     /// are errors. Each parameter but the key ones may be given once.
@@ -336,6 +355,12 @@ impl RedisConfig {
             "timeout" => {
                 self.operation_timeout = parse_seconds(name, value, RedisConfig::MAX_TIMEOUT)?;
             }
+            "replica_acks" => {
+                self.replica_acks = parse_count(name, value, 0, RedisConfig::MAX_REPLICA_ACKS)?;
+            }
+            "replica_ack_timeout" => {
+                self.replica_ack_timeout = parse_seconds(name, value, RedisConfig::MAX_TIMEOUT)?;
+            }
             #[cfg(feature = "redis-tls")]
             "tls_ca_file" => {
                 let pem = std::fs::read(value).map_err(|e| {
@@ -435,6 +460,17 @@ impl RedisConfig {
             0,
             RedisConfig::MAX_RANDOM_PREFIX_LENGTH,
         )?;
+        check_count(
+            "replica_acks",
+            self.replica_acks,
+            0,
+            RedisConfig::MAX_REPLICA_ACKS,
+        )?;
+        check_duration(
+            "replica_ack_timeout",
+            self.replica_ack_timeout,
+            RedisConfig::MAX_TIMEOUT,
+        )?;
         #[cfg(feature = "redis-encryption")]
         if let Some(i) = self
             .symmetric_encryption_keys
@@ -463,7 +499,9 @@ impl fmt::Debug for RedisConfig {
             .field("receive_prefetch", &self.receive_prefetch)
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
-            .field("cluster", &self.cluster);
+            .field("cluster", &self.cluster)
+            .field("replica_acks", &self.replica_acks)
+            .field("replica_ack_timeout", &self.replica_ack_timeout);
         #[cfg(feature = "redis-encryption")]
         out.field(
             "symmetric_encryption_keys",

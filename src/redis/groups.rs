@@ -174,7 +174,9 @@ impl Inner {
     ) -> Result<GroupSendReport, LayerError> {
         self.layer_config().check_message(&message)?;
         if let Some(cmd) = self.one_trip_group_send(group, &message)? {
-            let reply = self.exec(0, vec![cmd]).await;
+            let mut cmds = vec![cmd];
+            cmds.extend(self.replica_wait());
+            let reply = self.exec(0, cmds).await;
             return self.one_trip_report(group, reply);
         }
         let (server, cmd) = self.members_command(group)?;
@@ -193,9 +195,14 @@ impl Inner {
             ..GroupSendReport::default()
         };
         for ((server, _), (cmd, bundles)) in self.group_deliveries(&message, &members)? {
-            let reply = self.exec(server, vec![cmd]).await?;
+            let mut cmds = vec![cmd];
+            cmds.extend(self.replica_wait());
+            let reply = self.exec(server, cmds).await?;
+            let before = report.delivered;
+            let wait_reply: Vec<::redis::Value> = reply.get(1).cloned().into_iter().collect();
             let (expired, failed) =
                 tally(&mut report, one_value(reply, "group send")?, &bundles.sizes);
+            self.note_replication(&wait_reply, (report.delivered - before) as u64);
             Counters::add(&self.counters.expired, expired);
             if !failed.is_empty() {
                 Counters::add(&self.counters.backend_errors, failed.len() as u64);
@@ -262,7 +269,9 @@ impl Inner {
         self.layer_config().check_message(&message)?;
         match self.one_trip_group_send(group, &message)? {
             Some(cmd) => {
-                let reply = self.servers[0].commands.run(&[cmd]);
+                let mut cmds = vec![cmd];
+                cmds.extend(self.replica_wait());
+                let reply = self.servers[0].commands.run(&cmds);
                 self.one_trip_report(group, reply)
             }
             None => crate::runtime::block_on(self.group_send(group, message)),
@@ -275,7 +284,9 @@ impl Inner {
         group: &str,
         reply: Result<Vec<::redis::Value>, BackendError>,
     ) -> Result<GroupSendReport, LayerError> {
-        let reply = one_value(reply?, "group send")?;
+        let values = reply?;
+        let wait_reply: Vec<::redis::Value> = values.get(1).cloned().into_iter().collect();
+        let reply = one_value(values, "group send")?;
         let mut report = GroupSendReport::default();
         let mut failed_keys = 0u64;
         if let ::redis::Value::Array(items) = reply {
@@ -310,6 +321,7 @@ impl Inner {
         #[cfg(not(feature = "tracing"))]
         let _ = group;
         Counters::add(&self.counters.backend_errors, failed_keys);
+        self.note_replication(&wait_reply, report.delivered as u64);
         self.count_group_send(&report);
         Ok(report)
     }

@@ -383,6 +383,33 @@ impl Inner {
         }
     }
 
+    /// The `WAIT` to send after a write when [`RedisConfig::replica_acks`] asks for replica
+    /// confirmation, else `None`.
+    fn replica_wait(&self) -> Option<Cmd> {
+        let acks = self.config.replica_acks;
+        (acks > 0).then(|| {
+            let mut wait = ::redis::cmd("WAIT");
+            wait.arg(acks)
+                .arg(self.config.replica_ack_timeout.as_millis().max(1) as u64);
+            wait
+        })
+    }
+
+    /// Counts `stored` messages as unreplicated when the `WAIT` reply (the last of `values`,
+    /// if one was asked for) says fewer replicas than asked confirmed them.
+    fn note_replication(&self, values: &[RedisValue], stored: u64) {
+        if self.config.replica_acks == 0 || stored == 0 {
+            return;
+        }
+        let confirmed = match values.last() {
+            Some(RedisValue::Int(n)) => usize::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        if confirmed < self.config.replica_acks {
+            Counters::add(&self.counters.unreplicated, stored);
+        }
+    }
+
     /// Reads the cluster's slot map again (at most every 100 ms).
     pub(crate) fn refresh_topology(&self) {
         if let Some(topology) = &self.cluster {

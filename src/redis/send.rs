@@ -15,6 +15,11 @@ use crate::message::{Message, MessageError};
 use crate::metrics::Counters;
 use crate::name::{is_process_specific, non_local_name, validate_channel};
 
+/// Whether the send script's reply (the first of `values`) says the message was added.
+fn added(values: &[RedisValue]) -> bool {
+    matches!(values.first(), Some(RedisValue::Array(a)) if a.first() == Some(&RedisValue::Int(1)))
+}
+
 impl Inner {
     /// What sending `message` to `channel` stores, and the server it goes to: a process
     /// channel's message goes to the server of its non-local name, a normal channel's to the
@@ -72,7 +77,12 @@ impl Inner {
     pub(super) fn send_blocking(&self, channel: &str, message: Message) -> Result<(), SendError> {
         let (message, server, send) = self.prepare_send(channel, message)?;
         let capacity = send.capacity;
-        let reply = self.run_blocking(server, &[Self::send_cmd(&send)]);
+        let mut cmds = vec![Self::send_cmd(&send)];
+        cmds.extend(self.replica_wait());
+        let reply = self.run_blocking(server, &cmds);
+        if let Ok(values) = &reply {
+            self.note_replication(values, u64::from(added(values)));
+        }
         self.sent(channel, &send.key, capacity, message, reply, true)
     }
 
@@ -101,9 +111,16 @@ impl Inner {
     ) -> Result<(), SendError> {
         let (message, server, send) = self.prepare_send(channel, message)?;
         let (capacity, key) = (send.capacity, send.key.clone());
-        let reply = if self.cluster.is_some() {
-            // One script call per send, so a redirection is followed like any command's.
-            self.exec(server, vec![Self::send_cmd(&send)]).await
+        let reply = if self.cluster.is_some() || self.config.replica_acks > 0 {
+            // One script call per send, so a redirection is followed like any command's, and
+            // the replicas' confirmation is asked for on the same connection.
+            let mut cmds = vec![Self::send_cmd(&send)];
+            cmds.extend(self.replica_wait());
+            let reply = self.exec(server, cmds).await;
+            if let Ok(values) = &reply {
+                self.note_replication(values, u64::from(added(values)));
+            }
+            reply
         } else {
             self.servers[server].commands.send_async(send).await
         };
