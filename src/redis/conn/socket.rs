@@ -220,19 +220,10 @@ impl Endpoint {
             }
         };
         let name = name.as_deref().unwrap_or(&self.name);
-        let mut conn = Connection {
-            stream,
-            reader: Reader::default(),
-            read_timeout: None,
-        };
+        let mut conn = Connection::over(stream);
         let mut setup = Vec::new();
         if let Some(password) = &self.password {
-            let mut auth = ::redis::cmd("AUTH");
-            if let Some(user) = &self.username {
-                auth.arg(user);
-            }
-            auth.arg(password);
-            setup.push(auth);
+            setup.push(auth(self.username.as_deref(), password));
         }
         if self.db != 0 {
             let mut select = ::redis::cmd("SELECT");
@@ -354,19 +345,10 @@ impl Endpoint {
         let stream = self
             .tcp(host, port, deadline, &format!("sentinel {host}:{port}"))
             .map_err(|e| e.to_string())?;
-        let mut conn = Connection {
-            stream,
-            reader: Reader::default(),
-            read_timeout: None,
-        };
+        let mut conn = Connection::over(stream);
         let mut cmds = Vec::new();
         if let Some(password) = &set.sentinel_password {
-            let mut auth = ::redis::cmd("AUTH");
-            if let Some(user) = &set.sentinel_username {
-                auth.arg(user);
-            }
-            auth.arg(password);
-            cmds.push(auth);
+            cmds.push(auth(set.sentinel_username.as_deref(), password));
         }
         let mut ask = ::redis::cmd("SENTINEL");
         ask.arg("get-master-addr-by-name").arg(&set.master);
@@ -415,6 +397,16 @@ impl Endpoint {
     fn wrap_tcp(&self, tcp: TcpStream, _host: &str) -> io::Result<Stream> {
         Ok(Stream::Tcp(tcp))
     }
+}
+
+/// `AUTH [user] password`.
+fn auth(user: Option<&str>, password: &str) -> ::redis::Cmd {
+    let mut auth = ::redis::cmd("AUTH");
+    if let Some(user) = user {
+        auth.arg(user);
+    }
+    auth.arg(password);
+    auth
 }
 
 /// The error of a connection that could not be made (nothing was sent on it).
@@ -537,6 +529,14 @@ pub(crate) struct Connection {
 const TIMEOUT_LAG: Duration = Duration::from_millis(1);
 
 impl Connection {
+    fn over(stream: Stream) -> Connection {
+        Connection {
+            stream,
+            reader: Reader::default(),
+            read_timeout: None,
+        }
+    }
+
     /// Whether the server still holds the connection open, seen without a round trip: an idle
     /// connection has nothing to read, so a socket that is readable was closed (or reset) by
     /// the other side, or carries bytes nobody asked for.
