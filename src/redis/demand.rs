@@ -289,6 +289,18 @@ impl Inner {
         same
     }
 
+    /// The puller of `server` lost its connection: it blocks on nothing until its next pass,
+    /// so receivers take from its keys directly meanwhile instead of waiting for it.
+    pub(crate) fn puller_down(&self, server: usize) {
+        let mut pull = self.pull.lock();
+        if let Some(set) = pull.blocking.get_mut(server) {
+            set.clear();
+        }
+        pull.generation += 1;
+        drop(pull);
+        self.pulled_keys.notify_all();
+    }
+
     /// A puller's `BZPOPMIN` returned (or failed).
     pub(crate) fn leave_block(&self) {
         let mut pull = self.pull.lock();

@@ -86,7 +86,8 @@ fn run(view: &Weak<Inner>, server: usize) {
             None => match pool.connect(Instant::now() + pool.timeouts().connect) {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
-                    // Counted by the pool; receivers keep waiting.
+                    // Counted by the pool; receivers keep waiting, taking directly meanwhile.
+                    layer.puller_down(server);
                     drop(layer);
                     thread::sleep(backoff.pause());
                     continue;
@@ -97,6 +98,8 @@ fn run(view: &Weak<Inner>, server: usize) {
             Ok(()) => backoff.reset(),
             Err(e) => {
                 pool.failure(&e);
+                // Until it passes again it takes from nothing: receivers take directly.
+                layer.puller_down(server);
                 // A server's error reply leaves the connection usable; anything else does not.
                 // `Unavailable` too: a server that refuses as a replica, loading or failing
                 // over is asked again where the master is on the next connection.
