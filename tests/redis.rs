@@ -478,4 +478,12 @@ fn replica_confirmation_counts_what_no_replica_confirmed() {
     plain.send("acks.b", Message::new("x")).unwrap();
     assert_eq!(plain.metrics().unreplicated, 0);
     assert!(RedisLayer::from_url(&format!("{}?replica_acks=65", server.url())).is_err());
+    // The wait for replicas must end before the send's own deadline.
+    assert!(
+        RedisLayer::from_url(&format!(
+            "{}?replica_acks=1&replica_ack_timeout=5&timeout=5",
+            server.url()
+        ))
+        .is_err()
+    );
 }

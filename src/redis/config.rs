@@ -109,8 +109,8 @@ pub struct RedisConfig {
     /// messages a failover right then may lose (replication is asynchronous). Each send then
     /// costs that wait too. At most [`RedisConfig::MAX_REPLICA_ACKS`].
     pub replica_acks: usize,
-    /// How long a send waits for [`RedisConfig::replica_acks`] (default 100 ms, at most
-    /// [`RedisConfig::MAX_TIMEOUT`]).
+    /// How long a send waits for [`RedisConfig::replica_acks`] (default 100 ms; shorter than
+    /// [`RedisConfig::operation_timeout`] when replica confirmation is asked for).
     pub replica_ack_timeout: Duration,
 }
 
@@ -471,6 +471,17 @@ impl RedisConfig {
             self.replica_ack_timeout,
             RedisConfig::MAX_TIMEOUT,
         )?;
+        // The wait for replicas is part of a send, which must end by the operation timeout.
+        if self.replica_acks > 0 && self.replica_ack_timeout >= self.operation_timeout {
+            return Err(BuildError::invalid_option(
+                "replica_ack_timeout",
+                format!("{:?}", self.replica_ack_timeout),
+                format!(
+                    "must be shorter than the operation timeout ({:?}), within which a send ends",
+                    self.operation_timeout
+                ),
+            ));
+        }
         #[cfg(feature = "redis-encryption")]
         if let Some(i) = self
             .symmetric_encryption_keys

@@ -28,10 +28,9 @@ pub(super) const BAD_KEY_RECHECK: Duration = Duration::from_secs(5);
 pub(super) struct PullSet {
     /// Receivers waiting, per channel.
     waiting: HashMap<String, usize>,
-    /// The key names (a normal channel, or the non-local part `prefix.<client>!` of process
-    /// channels) the pullers are blocking on now: a receiver whose key is among them needs not
-    /// wake them.
-    /// Per server: the key names its puller blocks on now.
+    /// Per server, the key names (a normal channel, or the non-local part `prefix.<client>!`
+    /// of process channels) its puller blocks on now: a receiver whose key is among them, for
+    /// every server that holds it, needs not wake the pullers.
     blocking: Vec<HashSet<String>>,
     /// Key names a receiver is taking from directly now; the pullers leave them alone
     /// meanwhile. One taker per key at a time keeps messages in order.
@@ -107,8 +106,8 @@ impl Drop for DemandGuard<'_> {
         if let Some(n) = pull.waiting.get_mut(&self.channel) {
             *n = n.saturating_sub(1);
         }
-        // The key stays among the ones pullers block on until they recompute their keys: until then no
-        // receiver here takes from it directly, so it has one taker and keeps its order.
+        // The key stays among the ones pullers block on until they recompute their keys: until
+        // then no receiver here takes from it directly, so it has one taker and keeps its order.
         let stale = pull.blocked > 0 && inner.stale_puller(&mut pull, &self.channel);
         drop(pull);
         if stale {

@@ -33,26 +33,17 @@ pub(crate) struct SentinelSet {
     last_good: AtomicUsize,
 }
 
-/// Percent-decodes a user name or password from a URL's userinfo.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(b) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The user name and password of a URL's userinfo, decoded as the `redis` crate decodes those
+/// of a `redis://` URL (so both forms of address read a password alike).
+fn login(userinfo: &str) -> Result<(Option<String>, Option<String>), String> {
+    let client = ::redis::Client::open(format!("redis://{userinfo}@localhost"))
+        .map_err(|e| format!("the user and password: {e}"))?;
+    let info = client.get_connection_info();
+    let settings = info.redis_settings();
+    Ok((
+        settings.username().map(str::to_owned),
+        settings.password().map(str::to_owned),
+    ))
 }
 
 impl SentinelSet {
@@ -76,13 +67,7 @@ impl SentinelSet {
         };
         let (username, password) = match userinfo {
             None => (None, None),
-            Some(u) => match u.split_once(':') {
-                Some((user, pass)) => (
-                    (!user.is_empty()).then(|| percent_decode(user)),
-                    Some(percent_decode(pass)),
-                ),
-                None => ((!u.is_empty()).then(|| percent_decode(u)), None),
-            },
+            Some(u) => login(u)?,
         };
         let mut sentinels = Vec::new();
         for address in sentinel_list.split(',') {
