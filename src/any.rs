@@ -47,6 +47,7 @@ impl AnyLayer {
     /// |---|---|
     /// | `memory://` (or `memory:`) | [`InMemoryLayer`] |
     /// | `redis://`, `rediss://`, `unix://`, `redis+unix://`, `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`, `rediss+cluster://` (feature `redis`) | `RedisLayer`, see `RedisConfig::from_url` |
+    /// | `nats://`, `tls://` (feature `nats`) | `NatsLayer`, see `NatsConfig::from_url` |
     /// | a scheme given to [`register_backend`] | that backend |
     ///
     /// Query parameters set options; every backend takes `capacity`, `expiry` and
@@ -75,6 +76,15 @@ impl AnyLayer {
             return Err(BuildError::FeatureDisabled {
                 scheme,
                 feature: "redis",
+            });
+        }
+        if NATS_SCHEMES.contains(&scheme.as_str()) {
+            #[cfg(feature = "nats")]
+            return crate::nats::NatsLayer::from_url(url).map(AnyLayer::new);
+            #[cfg(not(feature = "nats"))]
+            return Err(BuildError::FeatureDisabled {
+                scheme,
+                feature: "nats",
             });
         }
         Err(BuildError::UnknownScheme {
@@ -135,13 +145,19 @@ const REDIS_SCHEMES: [&str; 8] = [
     "rediss+cluster",
 ];
 
+/// The schemes of the NATS backend.
+const NATS_SCHEMES: [&str; 2] = ["nats", "tls"];
+
 /// The schemes this build can open, sorted: `memory`, the Redis ones when the `redis` feature
-/// is on, and every registered one.
+/// is on, the NATS ones when the `nats` feature is, and every registered one.
 fn known_schemes() -> Vec<String> {
     let mut known: Vec<String> = registry().read().keys().cloned().collect();
     known.push("memory".into());
     if cfg!(feature = "redis") {
         known.extend(REDIS_SCHEMES.iter().map(|s| (*s).to_owned()));
+    }
+    if cfg!(feature = "nats") {
+        known.extend(NATS_SCHEMES.iter().map(|s| (*s).to_owned()));
     }
     known.sort();
     known.dedup();

@@ -527,7 +527,7 @@ pub(crate) fn url_scheme(url: &str) -> Result<String, BuildError> {
 }
 
 /// The query of a URL (after the first `?`, before any `#`), or `""` when it has none.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 pub(crate) fn url_query(url: &str) -> &str {
     let before_fragment = url.split_once('#').map_or(url, |(before, _)| before);
     before_fragment
@@ -536,7 +536,7 @@ pub(crate) fn url_query(url: &str) -> &str {
 }
 
 /// The names of URL parameters whose values are secrets, shown as `***` in errors.
-const SECRET_PARAMS: [&str; 2] = ["symmetric_encryption_keys", "sentinel_password"];
+const SECRET_PARAMS: [&str; 3] = ["symmetric_encryption_keys", "sentinel_password", "token"];
 
 /// The URL with its password (in `user:password@`) and secret parameters' values replaced by
 /// `***`, for error messages.
@@ -559,6 +559,10 @@ pub(crate) fn redacted_url(url: &str) -> String {
                         Some((user, _)) => {
                             out.push_str(user);
                             out.push_str(":***");
+                        }
+                        // A NATS URL's bare userinfo is a token, a secret.
+                        None if matches!(scheme.to_ascii_lowercase().as_str(), "nats" | "tls") => {
+                            out.push_str("***");
                         }
                         None => out.push_str(userinfo),
                     }
@@ -656,7 +660,7 @@ fn decode_value(name: &str, raw: &str) -> Result<String, BuildError> {
 /// Decodes one name or value of a query as HTML forms encode them (`+` for a space, `%XX`
 /// for a byte; a `%` not followed by two hex digits stays as it is). `None` when the bytes are
 /// not UTF-8: such a value is refused rather than silently changed, since it may be a key.
-fn decode_component(raw: &str) -> Option<String> {
+pub(crate) fn decode_component(raw: &str) -> Option<String> {
     let raw = raw.as_bytes();
     let mut bytes = Vec::with_capacity(raw.len());
     let mut i = 0;

@@ -225,6 +225,8 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod any;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod codec;
 mod config;
 #[doc = include_str!("../docs/contract.md")]
 pub mod contract {}
@@ -234,6 +236,9 @@ mod memory;
 pub mod message;
 pub mod metrics;
 pub mod name;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 pub mod observe;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

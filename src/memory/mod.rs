@@ -196,7 +196,7 @@ impl InMemoryLayer {
 
     /// Queues a message that arrived from elsewhere (a network backend's server), keeping the
     /// deadline it already has. Counted like a send; a full channel refuses it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn deliver_arrived(
         &self,
         channel: &str,

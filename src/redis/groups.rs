@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use ::redis::Cmd;
 
-use super::codec::AsgiChannel;
 use super::conn::check_reply;
 use super::replies::{all_ok, ints, member_names, one_value, scanned, tally};
 use super::scripts::scripts;
 use super::{Inner, wall_clock};
+use crate::codec::AsgiChannel;
 use crate::error::{BackendError, LayerError};
 use crate::layer::ChannelLayer as _;
 use crate::layer::GroupSendReport;

@@ -48,11 +48,11 @@
 
 mod buffers;
 mod cluster;
-mod codec;
+
 mod config;
 mod conn;
 #[cfg(feature = "redis-encryption")]
-mod crypto;
+pub(crate) mod crypto;
 mod demand;
 mod groups;
 mod hash;
@@ -74,13 +74,13 @@ use ::redis::Value as RedisValue;
 use parking_lot::{Condvar, Mutex};
 
 pub use self::cluster::{CLUSTER_SLOTS, key_slot};
-use self::codec::Codec;
 pub use self::config::{
     DEFAULT_PREFIX, DEFAULT_RANDOM_PREFIX_LENGTH, DEFAULT_SENTINEL_PORT, RedisConfig,
 };
 use self::conn::{Commands, Endpoint, Pool, Timeouts};
 use self::demand::PullSet;
 use self::hash::consistent_hash;
+use crate::codec::{self, Codec};
 use crate::config::LayerConfig;
 use crate::error::{
     BackendError, BuildError, LayerError, ReceiveError, SendError, TryReceiveError,

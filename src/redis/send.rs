@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use ::redis::Value as RedisValue;
 
-use super::codec::AsgiChannel;
 use super::conn::SendOne;
 use super::replies::{ints, one_value};
 use super::scripts::scripts;
 use super::{Inner, wall_clock};
+use crate::codec::AsgiChannel;
 use crate::error::{BackendError, SendError};
 use crate::message::{Message, MessageError};
 use crate::metrics::Counters;

@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod example;
+pub mod nats_server;
 pub mod python;
 pub mod redis_cluster;
 pub mod redis_server;

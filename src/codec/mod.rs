@@ -6,6 +6,9 @@
 //! defaults; [`decode`] reads what any peer wrote, treating it as untrusted: it never panics,
 //! never allocates ahead of the input, and bounds nesting.
 
+// The NATS backend uses the msgpack part only.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::convert::Infallible;
@@ -19,9 +22,9 @@ use rmp::decode::bytes::BytesReadError;
 use rmp::decode::{Bytes, NumValueReadError, ValueReadError};
 use rmp::encode::{ByteBuf, ValueWriteError};
 
-#[cfg(feature = "redis-encryption")]
-use super::crypto::{Crypto, DecryptError};
 use crate::message::{Entries, Map, Message, RESERVED_KEY, Value};
+#[cfg(feature = "redis-encryption")]
+use crate::redis::crypto::{Crypto, DecryptError};
 
 /// Nesting depth [`Limits::default`] allows; the message map itself is level 1. The layer's
 /// own default, so what a peer may send is what this crate sends.

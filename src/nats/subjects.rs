@@ -1,0 +1,120 @@
+//! Where a layer keeps what on the NATS server ([contract §4](crate::contract)).
+//!
+//! For the prefix `P` (default `asgi`):
+//!
+//! | what | where |
+//! |---|---|
+//! | the messages of channel `c` whose capacity is `N` | subject `P.ch.N.<c with . as ~>` in stream `P_ch_N` |
+//! | a wake-up after such a message is stored | subject `P.wake.N.<c with . as ~>` (headers only, republished by the stream) |
+//! | membership of channel `c` in group `g` | key `<g with . as />.<c with . as / and ! as =>` of bucket `P_groups` |
+//!
+//! Names are ASCII letters, digits, `-`, `_`, `.` and (in a channel) one `!`
+//! ([`crate::name`]). A subject token cannot hold `.`, so `.` becomes `~`, which no name
+//! contains: the mapping is one to one and a channel is always exactly one token. Key-value
+//! keys allow neither `!` nor `~`, so there `.` becomes `/` and `!` becomes `=`, again
+//! characters no name contains; the group and the channel are then the key's two tokens.
+
+/// A channel name as one subject token.
+pub(super) fn channel_token(channel: &str) -> String {
+    channel.replace('.', "~")
+}
+
+/// The channel a subject token stands for.
+#[cfg(test)]
+pub(super) fn channel_of_token(token: &str) -> String {
+    token.replace('~', ".")
+}
+
+/// The name of the stream holding channels of capacity `capacity`.
+pub(super) fn stream_name(prefix: &str, capacity: usize) -> String {
+    format!("{prefix}_ch_{capacity}")
+}
+
+/// The subject messages for `channel` (of capacity `capacity`) are published on.
+pub(super) fn channel_subject(prefix: &str, capacity: usize, channel: &str) -> String {
+    format!("{prefix}.ch.{capacity}.{}", channel_token(channel))
+}
+
+/// The subjects the stream of capacity `capacity` captures.
+pub(super) fn stream_subjects(prefix: &str, capacity: usize) -> String {
+    format!("{prefix}.ch.{capacity}.>")
+}
+
+/// The subject a stored message's headers are republished on, to wake waiting receivers.
+pub(super) fn wake_subject(prefix: &str, capacity: usize, channel: &str) -> String {
+    format!("{prefix}.wake.{capacity}.{}", channel_token(channel))
+}
+
+/// Where the stream of capacity `capacity` republishes to.
+pub(super) fn wake_subjects(prefix: &str, capacity: usize) -> String {
+    format!("{prefix}.wake.{capacity}.>")
+}
+
+/// The key-value bucket of group memberships.
+pub(super) fn groups_bucket(prefix: &str) -> String {
+    format!("{prefix}_groups")
+}
+
+fn key_part(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' => '/',
+            '!' => '=',
+            c => c,
+        })
+        .collect()
+}
+
+/// The key recording that `channel` is in `group`.
+pub(super) fn member_key(group: &str, channel: &str) -> String {
+    format!("{}.{}", key_part(group), key_part(channel))
+}
+
+/// The subject filter matching every member key of `group` in the bucket's stream.
+pub(super) fn members_filter(bucket: &str, group: &str) -> String {
+    format!("$KV.{bucket}.{}.*", key_part(group))
+}
+
+/// The bucket stream's subject of a member key.
+pub(super) fn member_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// The channel a member key's subject names, or `None` for a subject of another shape.
+pub(super) fn member_of_subject(subject: &str) -> Option<String> {
+    let channel = subject.rsplit('.').next()?;
+    let name: String = channel
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            '=' => '!',
+            c => c,
+        })
+        .collect();
+    crate::name::validate_channel(&name).ok()?;
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_one_to_one() {
+        for channel in ["a", "a.b", ".a.", "specific.abc!x.y", "a-b_c!", "x!"] {
+            let subject = channel_subject("asgi", 100, channel);
+            assert_eq!(subject.matches('.').count(), 3, "{subject}");
+            let token = subject.rsplit('.').next().unwrap();
+            assert_eq!(channel_of_token(token), channel);
+            let key = member_key("room.1", channel);
+            assert_eq!(key.matches('.').count(), 1, "{key}");
+            let subject = member_subject("asgi_groups", &key);
+            assert_eq!(member_of_subject(&subject).as_deref(), Some(channel));
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+            );
+        }
+        assert_eq!(members_filter("b", "g.x"), "$KV.b.g/x.*");
+    }
+}

@@ -1,0 +1,87 @@
+//! The NATS backend against a real `nats-server` with JetStream, spawned by the tests on a free
+//! port: the whole conformance suite, blocking and async, plus what is particular to NATS.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use channel_layer::nats::{NatsConfig, NatsLayer};
+use channel_layer::{
+    AnyLayer, BackendErrorKind, BuildError, ChannelLayer, ChannelLayerExt, LayerConfig, Message,
+};
+use support::nats_server::NatsServer;
+
+/// One server shared by the conformance cases, each layer with a prefix of its own.
+fn shared() -> &'static NatsServer {
+    static SERVER: OnceLock<NatsServer> = OnceLock::new();
+    SERVER.get_or_init(|| NatsServer::start().unwrap_or_else(|| std::process::exit(0)))
+}
+
+fn fresh_prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn served(config: LayerConfig) -> AnyLayer {
+    let mut nats = NatsConfig::from_url(&shared().url()).expect("a NATS URL");
+    nats.layer = config;
+    nats.prefix = fresh_prefix();
+    AnyLayer::new(NatsLayer::new(nats).expect("the server answers"))
+}
+
+mod blocking {
+    channel_layer::conformance_tests!(super::served);
+}
+
+mod on_executor {
+    channel_layer::async_conformance_tests!(super::served, futures::executor::block_on);
+}
+
+#[test]
+fn the_url_builds_a_layer_through_any_layer() {
+    let url = format!(
+        "{}?prefix={}&capacity=2&expiry=30",
+        shared().url(),
+        fresh_prefix()
+    );
+    let layer = AnyLayer::from_url(&url).unwrap();
+    layer.send("a.b!c", Message::new("one")).unwrap();
+    layer.send("a.b!c", Message::new("two")).unwrap();
+    let full = layer.send("a.b!c", Message::new("three")).unwrap_err();
+    assert!(full.is_full(), "{full}");
+    assert_eq!(layer.receive("a.b!c").unwrap().message_type(), Some("one"));
+}
+
+#[test]
+fn an_unreachable_server_fails_fast_with_a_typed_error() {
+    let port = support::redis_server::free_port();
+    let started = Instant::now();
+    let err =
+        NatsLayer::from_url(&format!("nats://127.0.0.1:{port}?connect_timeout=1")).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match err {
+        BuildError::Backend(e) => assert_eq!(e.kind(), BackendErrorKind::Connection, "{e}"),
+        other => panic!("expected a backend error, got {other}"),
+    }
+}
+
+#[test]
+fn layers_with_other_settings_on_one_prefix_are_refused_by_name() {
+    let prefix = fresh_prefix();
+    let url = format!("{}?prefix={prefix}&expiry=30", shared().url());
+    let _first = NatsLayer::from_url(&url).unwrap();
+    let _same = NatsLayer::from_url(&url).unwrap();
+    let err = NatsLayer::from_url(&format!("{}?prefix={prefix}&expiry=10", shared().url()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{prefix}_ch_")) && err.contains("other settings"),
+        "{err}"
+    );
+}
