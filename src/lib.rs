@@ -208,6 +208,12 @@
 //! Rust service and a Django Channels app share one Redis, its channels, process-specific
 //! channels and groups.
 //!
+//! # NATS
+//!
+//! With the `nats` feature, `nats::NatsLayer` (or `AnyLayer::from_url("nats://...")`) runs
+//! the same code over NATS JetStream, on one server or a cluster, with the server deciding
+//! capacity (`SendError::Full`) and which receiver gets each message.
+//!
 //! # Feature flags
 //!
 //! | feature | what it adds |
@@ -216,6 +222,7 @@
 //! | `redis` | the Redis backend, wire compatible with channels_redis 4.x |
 //! | `redis-encryption` | Fernet encryption of Redis message bodies (`symmetric_encryption_keys`) |
 //! | `redis-tls` | `rediss://` with rustls, and private CAs |
+//! | `nats` | the NATS JetStream backend (`nats://`, `tls://`) |
 //! | `metrics` | operation latency and counts through the `metrics` facade ([`observe`]) |
 //! | `tracing` | `tracing` spans for operations and handled messages ([`observe`]) |
 //! | `testing` | `channel_layer::testing`, the conformance suite for backends |

@@ -571,3 +571,61 @@ mod redis {
         assert!(!line.contains("k1"), "the key is shown: {line}");
     }
 }
+
+/// The tool over NATS: messages travel between runs through a private `nats-server`.
+#[cfg(feature = "nats")]
+mod nats {
+    use super::*;
+
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    use support::nats_server::NatsServer;
+
+    #[test]
+    fn messages_groups_and_process_channels_travel_between_runs() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let url = format!("{}?prefix=cli", server.url());
+        let on = |args: &[&str]| cli(&[&["--url", url.as_str()][..], args].concat());
+        assert_ok(&on(&["send", "jobs.new", r#"{"type":"job","n":1}"#]));
+        let run = on(&["receive", "jobs.new", "--timeout", "5"]);
+        assert_ok(&run);
+        assert_eq!(run.stdout, "{\"type\":\"job\",\"n\":1}\n");
+
+        for member in ["a.one", "a.two"] {
+            assert_ok(&on(&["group-add", "room", member]));
+        }
+        let run = on(&["group-send", "room", r#"{"type":"hello"}"#]);
+        assert_ok(&run);
+        assert_eq!(run.stdout, "delivered 2, skipped 0 (full)\n");
+        for member in ["a.one", "a.two"] {
+            let run = on(&["receive", member, "--timeout", "5"]);
+            assert_ok(&run);
+            assert_eq!(run.stdout, "{\"type\":\"hello\"}\n");
+        }
+
+        let mut listen = Command::new(cli_binary())
+            .args(["--url", &url, "listen", "--timeout", "10"])
+            .env_remove("CHANNEL_LAYER_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the cli runs");
+        let mut lines = BufReader::new(listen.stdout.take().expect("piped"));
+        let mut name = String::new();
+        lines.read_line(&mut name).expect("the channel name");
+        let name = name.trim_end();
+        assert!(name.contains('!'), "{name}");
+        assert_ok(&on(&["send", name, r#"{"type":"direct"}"#]));
+        let mut rest = String::new();
+        lines.read_line(&mut rest).expect("the message");
+        assert_eq!(rest, "{\"type\":\"direct\"}\n");
+        assert!(listen.wait().expect("listen exits").success());
+
+        // A bad NATS URL is a one-line error naming the problem.
+        let run = cli(&["--url", "nats://127.0.0.1:0", "flush"]);
+        assert!(assert_error(&run).contains("port"), "{run:#?}");
+    }
+}

@@ -75,6 +75,24 @@ fn runs_all_in_one_on_the_in_memory_default() {
 #[cfg(feature = "redis")]
 #[test]
 fn runs_split_one_process_per_service_over_redis() {
+    let Some(server) = support::redis_server::RedisServer::start() else {
+        return;
+    };
+    runs_split_over(&server.url());
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn runs_split_one_process_per_service_over_nats() {
+    let Some(server) = support::nats_server::NatsServer::start() else {
+        return;
+    };
+    runs_split_over(&server.url());
+}
+
+/// One process per service plus one placing the orders, all on the layer at `url`.
+#[cfg(any(feature = "redis", feature = "nats"))]
+fn runs_split_over(url: &str) {
     use std::io::{BufRead, BufReader};
     use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
@@ -89,15 +107,12 @@ fn runs_split_one_process_per_service_over_redis() {
         }
     }
 
-    let Some(server) = support::redis_server::RedisServer::start() else {
-        return;
-    };
     let binary = example_binary("order_pipeline");
     let mut services = Vec::new();
     for name in ["inventory", "pricing", "payments", "orders"] {
         let mut child = Command::new(&binary)
             .args(["--services", name, "--orders", "0", "--serve-seconds", "60"])
-            .env("CHANNEL_LAYER_URL", server.url())
+            .env("CHANNEL_LAYER_URL", url)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -112,7 +127,7 @@ fn runs_split_one_process_per_service_over_redis() {
     let start = Instant::now();
     let output = Command::new(&binary)
         .args(["--services", "none", "--orders", "6"])
-        .env("CHANNEL_LAYER_URL", server.url())
+        .env("CHANNEL_LAYER_URL", url)
         .output()
         .expect("the ordering process runs");
     assert!(output.status.success(), "{}", output_text(&output));

@@ -9,7 +9,7 @@
 //! the services and their callers use separate layers on one server, as separate processes
 //! would; in memory they share one layer.
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 mod support;
 
 use std::thread;
@@ -1024,4 +1024,99 @@ mod redis {
     }
 
     service_tests!(Redis::start());
+}
+
+#[cfg(feature = "nats")]
+mod nats {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use channel_layer::nats::{NatsConfig, NatsLayer};
+
+    use super::{AnyLayer, Backend, ChannelLayer, LayerConfig, Store};
+    use crate::support::nats_server::NatsServer;
+
+    /// NATS: one server for the binary; each store is a prefix of its own on it.
+    struct Nats;
+
+    fn shared() -> Option<&'static NatsServer> {
+        static SERVER: OnceLock<Option<NatsServer>> = OnceLock::new();
+        SERVER.get_or_init(NatsServer::start).as_ref()
+    }
+
+    fn server() -> &'static NatsServer {
+        shared().expect("nats-server ran a moment ago")
+    }
+
+    impl Nats {
+        /// The backend, or `None` (after a skip message) when nats-server is missing.
+        fn start() -> Option<Nats> {
+            shared().map(|_| Nats)
+        }
+    }
+
+    impl Backend for Nats {
+        fn open(&self, config: LayerConfig) -> Box<dyn Store> {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let mut nats = NatsConfig::from_url(&server().url()).expect("a NATS URL");
+            nats.layer = config;
+            nats.prefix = format!("svc{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            let store = NatsStore {
+                config: nats,
+                layers: Mutex::new(Vec::new()),
+            };
+            store.connect();
+            Box::new(store)
+        }
+    }
+
+    /// The layers on one prefix, all with one configuration.
+    struct NatsStore {
+        config: NatsConfig,
+        layers: Mutex<Vec<AnyLayer>>,
+    }
+
+    impl NatsStore {
+        fn connect(&self) -> AnyLayer {
+            let layer = NatsLayer::new(self.config.clone()).expect("the server answers");
+            let layer = AnyLayer::new(layer);
+            self.layers.lock().unwrap().push(layer.clone());
+            layer
+        }
+    }
+
+    impl Store for NatsStore {
+        fn layer(&self) -> AnyLayer {
+            self.layers.lock().unwrap()[0].clone()
+        }
+
+        fn peer(&self) -> AnyLayer {
+            self.connect()
+        }
+
+        fn waiting(&self) -> u64 {
+            // The messages in this prefix's channel streams, as the server's monitor reports.
+            let body = server()
+                .monitor("/jsz?accounts=true&streams=true")
+                .expect("the monitor answers");
+            let jsz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let ours = format!("{}_ch_", self.config.prefix);
+            let mut on_server = 0;
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                    if stream["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&ours))
+                    {
+                        on_server += stream["state"]["messages"].as_u64().unwrap_or(0);
+                    }
+                }
+            }
+            let layers = self.layers.lock().unwrap();
+            let buffered: u64 = layers.iter().map(|l| l.metrics().queued_messages).sum();
+            on_server + buffered
+        }
+    }
+
+    service_tests!(Nats::start());
 }

@@ -11,7 +11,7 @@ use crate::config::{
 use crate::error::BuildError;
 
 /// The default subject prefix: channels live under `asgi.ch.`, group members under the key-value
-/// bucket `asgi_groups` ([contract §4](crate::contract)).
+/// bucket `asgi_groups` ([contract §5.1](crate::contract)).
 pub const DEFAULT_PREFIX: &str = "asgi";
 
 /// The port a URL's host without one is taken to listen on.

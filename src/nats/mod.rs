@@ -1,6 +1,6 @@
 //! The NATS backend: the channel layer contract on NATS JetStream, on one server or a cluster.
 //!
-//! [contract §4](crate::contract) has the layout on the server; in short:
+//! [contract §5](crate::contract) has the layout on the server; in short:
 //!
 //! - Each capacity in use (the layer's `capacity` and each `channel_capacity` rule's) has a
 //!   work-queue stream, `<prefix>_ch_<capacity>`, holding one subject per channel. The stream
@@ -71,7 +71,7 @@ const STREAM_IN_USE: u64 = 10058;
 
 /// How long a waiting receive goes without a wake-up before it looks at its channel anyway
 /// (a wake-up lost in a reconnect, say).
-const LOOK_AGAIN: Duration = Duration::from_secs(1);
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
 /// The first and the longest pause of a waiting receive after a failed look.
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(500);

@@ -1,4 +1,4 @@
-//! Where a layer keeps what on the NATS server ([contract §4](crate::contract)).
+//! Where a layer keeps what on the NATS server ([contract §5](crate::contract)).
 //!
 //! For the prefix `P` (default `asgi`):
 //!

@@ -15,6 +15,7 @@ fn features() -> Vec<&'static str> {
         ("redis", cfg!(feature = "redis")),
         ("redis-encryption", cfg!(feature = "redis-encryption")),
         ("redis-tls", cfg!(feature = "redis-tls")),
+        ("nats", cfg!(feature = "nats")),
         ("metrics", cfg!(feature = "metrics")),
         ("tracing", cfg!(feature = "tracing")),
     ];

@@ -10,6 +10,7 @@ pub mod nats_server;
 pub mod python;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod traffic;
 
 /// The environment variable that turns a missing service into a failure (CI sets it to `1`).
 pub const REQUIRE_SERVICES_ENV: &str = "CHANNEL_LAYER_REQUIRE_SERVICES";

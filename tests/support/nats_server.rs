@@ -60,7 +60,8 @@ struct Node {
     routes: Vec<u16>,
     dir: PathBuf,
     extra: Vec<String>,
-    child: Mutex<Option<Child>>,
+    /// The server and its watchdog.
+    child: Mutex<Option<(Child, Option<Child>)>>,
 }
 
 impl Node {
@@ -109,12 +110,27 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", bin()));
-        *self.child.lock().unwrap() = Some(child);
+        // `sh -c 'read _; kill -9 <pid>'` reading a pipe from this process: if the test
+        // process ends without dropping the server (a shared one in a static, a timeout), the
+        // pipe closes and the server goes with it.
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _; kill -9 {} 2>/dev/null", child.id()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        *self.child.lock().unwrap() = Some((child, watchdog));
     }
 
     /// Kills the process with SIGKILL and waits for it.
     fn kill(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
+        if let Some((mut child, watchdog)) = self.child.lock().unwrap().take() {
+            if let Some(mut watchdog) = watchdog {
+                let _ = watchdog.kill();
+                let _ = watchdog.wait();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -276,6 +292,24 @@ impl NatsCluster {
 
     fn wait_healthy(&self) {
         wait_healthy(&self.nodes.iter().collect::<Vec<_>>());
+        // Healthy nodes may still be electing the JetStream meta leader: wait for one.
+        let start = Instant::now();
+        let has_leader = |n: &Node| {
+            n.monitor("/jsz").is_some_and(|body| {
+                body.split_once("\"leader\":").is_some_and(|(_, rest)| {
+                    rest.trim_start()
+                        .strip_prefix('"')
+                        .is_some_and(|name| !name.starts_with('"'))
+                })
+            })
+        };
+        while !self.nodes.iter().filter(|n| n.is_running()).all(has_leader) {
+            assert!(
+                start.elapsed() < STARTUP_TIMEOUT,
+                "the NATS cluster elected no JetStream leader in {STARTUP_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `nats://` with every node's address.

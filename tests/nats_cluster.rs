@@ -1,0 +1,34 @@
+//! The NATS backend on a three-node JetStream cluster (three `nats-server` processes joined by
+//! routes), its streams and group bucket with three replicas: the whole conformance suite,
+//! blocking and async, each layer connected to all three nodes.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use channel_layer::nats::{NatsConfig, NatsLayer};
+use channel_layer::{AnyLayer, LayerConfig};
+use support::nats_server::NatsCluster;
+
+fn shared() -> &'static NatsCluster {
+    static CLUSTER: OnceLock<NatsCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| NatsCluster::start().unwrap_or_else(|| std::process::exit(0)))
+}
+
+fn served(config: LayerConfig) -> AnyLayer {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut nats = NatsConfig::from_url(&shared().url()).expect("a NATS URL");
+    nats.layer = config;
+    nats.replicas = 3;
+    nats.prefix = format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    AnyLayer::new(NatsLayer::new(nats).expect("the cluster answers"))
+}
+
+mod blocking {
+    channel_layer::conformance_tests!(super::served);
+}
+
+mod on_executor {
+    channel_layer::async_conformance_tests!(super::served, futures::executor::block_on);
+}
