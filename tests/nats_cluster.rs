@@ -7,9 +7,9 @@ mod support;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use channel_layer::nats::{NatsConfig, NatsLayer};
+use channel_layer::nats::NatsConfig;
 use channel_layer::{AnyLayer, LayerConfig};
-use support::nats_server::NatsCluster;
+use support::nats_server::{NatsCluster, layer_when_ready};
 
 fn shared() -> &'static NatsCluster {
     static CLUSTER: OnceLock<NatsCluster> = OnceLock::new();
@@ -22,7 +22,7 @@ fn served(config: LayerConfig) -> AnyLayer {
     nats.layer = config;
     nats.replicas = 3;
     nats.prefix = format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    AnyLayer::new(NatsLayer::new(nats).expect("the cluster answers"))
+    AnyLayer::new(layer_when_ready(&nats))
 }
 
 mod blocking {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use channel_layer::nats::{NatsConfig, NatsLayer};
 use channel_layer::{ChannelLayer, Message};
-use support::nats_server::{NatsCluster, NatsServer};
+use support::nats_server::{NatsCluster, NatsServer, layer_when_ready};
 use support::traffic::{TIMEOUT, Traffic, check_recovered, check_waiting_receive, waiting_receive};
 
 fn config_for(url: &str, replicas: usize) -> NatsConfig {
@@ -29,22 +29,18 @@ fn config_for(url: &str, replicas: usize) -> NatsConfig {
 
 /// A layer for `url`, retrying while the servers settle (a cluster electing leaders).
 fn layer(url: &str, replicas: usize) -> NatsLayer {
-    let start = Instant::now();
-    loop {
-        match NatsLayer::new(config_for(url, replicas)) {
-            Ok(layer) => return layer,
-            Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                eprintln!("layer not ready yet: {e}");
-                thread::sleep(Duration::from_millis(250));
-            }
-            Err(e) => panic!("no layer for {url}: {e}"),
-        }
-    }
+    layer_when_ready(&config_for(url, replicas))
 }
 
-/// Traffic on a fresh layer across `fault`, then the checks. Returns what the layer counted
-/// lost, and the longest the traffic went without a stored message.
-fn across_a_fault(url: &str, replicas: usize, name: &str, fault: impl FnOnce()) -> u64 {
+/// Traffic on a fresh layer for `url` across `fault`, then the checks, with other layers (a
+/// probe, a late sender) on `others`. Returns what the layer counted lost.
+fn across_a_fault(
+    url: &str,
+    others: &str,
+    replicas: usize,
+    name: &str,
+    fault: impl FnOnce(),
+) -> u64 {
     let layer = layer(url, replicas);
     let waiting = waiting_receive(&layer, "faults.after");
     let traffic = Traffic::start(&layer);
@@ -53,7 +49,7 @@ fn across_a_fault(url: &str, replicas: usize, name: &str, fault: impl FnOnce()) 
     fault();
     // Until a send goes through again: the server back, or the cluster's new stream leaders
     // elected. The traffic runs on meanwhile.
-    let probe = self::layer(url, replicas);
+    let probe = self::layer(others, replicas);
     while let Err(e) = probe.send("faults.probe", Message::new("probe")) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -67,7 +63,7 @@ fn across_a_fault(url: &str, replicas: usize, name: &str, fault: impl FnOnce()) 
     );
     thread::sleep(Duration::from_millis(1500));
     let (_, _, _, lost) = traffic.finish(name, &layer);
-    check_waiting_receive(&self::layer(url, replicas), "faults.after", waiting);
+    check_waiting_receive(&self::layer(others, replicas), "faults.after", waiting);
     check_recovered(&layer);
     let m = layer.metrics();
     println!(
@@ -82,11 +78,17 @@ fn kill_and_restart_a_single_server() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    across_a_fault(&server.url(), 1, "kill -9 and restart", || {
-        server.kill();
-        thread::sleep(Duration::from_millis(500));
-        server.restart();
-    });
+    across_a_fault(
+        &server.url(),
+        &server.url(),
+        1,
+        "kill -9 and restart",
+        || {
+            server.kill();
+            thread::sleep(Duration::from_millis(500));
+            server.restart();
+        },
+    );
 }
 
 #[test]
@@ -94,13 +96,17 @@ fn lose_one_node_of_a_three_node_cluster() {
     let Some(cluster) = NatsCluster::start() else {
         return;
     };
-    // The layer connects to the node it will lose first, so that its connection fails over too.
+    // The layer under test is connected to the node it will lose, so its connection fails over
+    // too (to the nodes the cluster told the client about); the others name all three.
     let ports = cluster.ports();
-    let url = format!(
-        "nats://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
-        ports[0], ports[1], ports[2]
+    let first = format!("nats://127.0.0.1:{}", ports[0]);
+    across_a_fault(
+        &first,
+        &cluster.url(),
+        3,
+        "kill -9 one of three nodes",
+        || {
+            cluster.kill(0);
+        },
     );
-    across_a_fault(&url, 3, "kill -9 one of three nodes", || {
-        cluster.kill(0);
-    });
 }

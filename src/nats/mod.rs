@@ -39,6 +39,7 @@ mod subjects;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -72,6 +73,9 @@ const STREAM_IN_USE: u64 = 10058;
 /// How long a waiting receive goes without a wake-up before it looks at its channel anyway
 /// (a wake-up lost in a reconnect, say).
 const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// How many channels' next messages are remembered at most (each is one message's bytes).
+const MAX_NEXT_UP: usize = 1024;
+
 /// The first and the longest pause of a waiting receive after a failed look.
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(500);
@@ -100,6 +104,8 @@ struct Inner {
     /// One take at a time per channel, in the order they were asked for, so what this layer
     /// takes reaches its local buffer in the channel's order.
     taking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per channel, the message read after the last one taken (see [`Inner::take_now`]).
+    next_up: Mutex<HashMap<String, jetstream::message::StreamMessage>>,
     counters: Arc<Counters>,
     closed: AtomicBool,
     /// Notified on close and after each reconnect: waiting receives look again.
@@ -143,14 +149,6 @@ fn jetstream_code(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
 fn stream_error_code(e: &jetstream::context::CreateStreamError) -> Option<u64> {
     match e.kind() {
         jetstream::context::CreateStreamErrorKind::JetStream(js) => Some(js.error_code().0),
-        _ => jetstream_code(e),
-    }
-}
-
-/// The JetStream error code of a failed delete.
-fn delete_error_code(e: &jetstream::stream::DeleteMessageError) -> Option<u64> {
-    match e.kind() {
-        jetstream::stream::DeleteMessageErrorKind::JetStream(js) => Some(js.error_code().0),
         _ => jetstream_code(e),
     }
 }
@@ -209,6 +207,7 @@ impl NatsLayer {
                 local,
                 kept: Mutex::new(HashSet::new()),
                 taking: Mutex::new(HashMap::new()),
+                next_up: Mutex::new(HashMap::new()),
                 counters,
                 closed: AtomicBool::new(false),
                 changed,
@@ -405,7 +404,8 @@ async fn make_stream(
         republish: Some(stream::Republish {
             source: subjects::stream_subjects(&config.prefix, capacity),
             destination: subjects::wake_subjects(&config.prefix, capacity),
-            headers_only: true,
+            // With the body, so a waiting receive can take the message in one round trip.
+            headers_only: false,
         }),
         ..Default::default()
     };
@@ -592,8 +592,24 @@ impl Inner {
         stream: &stream::Stream,
         subject: &str,
     ) -> Result<Option<jetstream::message::StreamMessage>, BackendError> {
+        self.first_from(stream, subject, 0).await
+    }
+
+    /// The oldest message on `subject` with a sequence number of at least `from`, if any.
+    async fn first_from(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, BackendError> {
         use jetstream::stream::LastRawMessageErrorKind as Kind;
-        match stream.get_next_raw_message_by_subject(subject).await {
+        let mut get = stream
+            .raw_message_builder()
+            .next_by_subject(subject.to_owned());
+        if from > 0 {
+            get = get.sequence(from);
+        }
+        match get.send().await {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
             Err(e) => Err(failure(
@@ -608,26 +624,19 @@ impl Inner {
     /// "no such message" then most likely means the first one removed it, but the message
     /// might also be another receiver's; it is not delivered (at most once) and counted lost.
     async fn claim(&self, stream: &stream::Stream, sequence: u64) -> Result<Claim, BackendError> {
+        let name = &stream.cached_info().config.name;
         let mut unsure = None;
         for _ in 0..3 {
-            match stream.delete_message(sequence).await {
+            match self.delete(name, sequence).await {
                 Ok(true) => return Ok(Claim::Ours),
-                Ok(false) => return Ok(Claim::Gone),
-                Err(e) if delete_error_code(&e) == Some(NO_MESSAGE) => {
+                Ok(false) => {
                     if unsure.is_some() {
                         Counters::add(&self.counters.lost, 1);
                     }
                     return Ok(Claim::Gone);
                 }
                 Err(e) => {
-                    unsure = Some(failure(
-                        BackendErrorKind::Timeout,
-                        format!(
-                            "removing message {sequence} from {}",
-                            stream.cached_info().config.name
-                        ),
-                        e,
-                    ));
+                    unsure = Some(e);
                     tokio::time::sleep(RETRY_MIN).await;
                 }
             }
@@ -639,10 +648,60 @@ impl Inner {
             .unwrap_or_else(|| BackendError::new(BackendErrorKind::Timeout, "removing a message")))
     }
 
+    /// One delete request: `Ok(true)` removed, `Ok(false)` not there.
+    ///
+    /// Made here rather than with the client's helper so that on memory storage it can ask the
+    /// server not to overwrite the message (`no_erase`), which takes a third off a receive.
+    /// On file storage the message is erased: a delete that only marks it in the block's
+    /// index can be lost when the server is killed, and the message would then be delivered
+    /// a second time after the restart (seen in the `kill -9` fault test).
+    async fn delete(&self, stream: &str, sequence: u64) -> Result<bool, BackendError> {
+        let no_erase = self.config.storage == Storage::Memory;
+        let request = format!("{{\"seq\":{sequence},\"no_erase\":{no_erase}}}");
+        let reply = self
+            .client
+            .request(
+                format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
+                Bytes::from(request),
+            )
+            .await
+            .map_err(|e| {
+                failure(
+                    BackendErrorKind::Timeout,
+                    format!("removing message {sequence} from {stream}"),
+                    e,
+                )
+            })?;
+        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| {
+            BackendError::new(
+                BackendErrorKind::Protocol,
+                format!("removing message {sequence} from {stream}: {e}"),
+            )
+        })?;
+        if answer.get("success").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Ok(true);
+        }
+        match answer
+            .pointer("/error/err_code")
+            .and_then(serde_json::Value::as_u64)
+        {
+            Some(NO_MESSAGE) => Ok(false),
+            _ => Err(BackendError::new(
+                BackendErrorKind::Refused,
+                format!("removing message {sequence} from {stream}: {answer}"),
+            )),
+        }
+    }
+
     /// Takes the oldest live message of `channel` from the server into the local buffer:
     /// `Ok(true)` if one was taken. Expired and undecodable messages met on the way are
     /// removed and counted.
     async fn take(&self, channel: &str) -> Result<bool, BackendError> {
+        self.in_turn(channel, self.take_now(channel)).await
+    }
+
+    /// Runs `work` (a take from `channel`) in the channel's turn.
+    async fn in_turn<T>(&self, channel: &str, work: impl Future<Output = T>) -> T {
         let turn = self
             .taking
             .lock()
@@ -651,7 +710,7 @@ impl Inner {
             .clone();
         let outcome = {
             let _turn = turn.lock().await;
-            self.take_now(channel).await
+            work.await
         };
         let mut taking = self.taking.lock();
         // Two references left (the map's and this one): nobody else is taking; forget it.
@@ -661,14 +720,73 @@ impl Inner {
         outcome
     }
 
+    /// Takes the message a wake-up announced (its sequence number and body came with it),
+    /// with one delete: `Ok(true)` if it was this receiver's. Only for the first wake-up after
+    /// a look found the channel empty: that message is then the oldest one there.
+    async fn take_announced(
+        &self,
+        channel: &str,
+        wake: &async_nats::Message,
+    ) -> Result<bool, BackendError> {
+        let sequence = wake
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let Some(sequence) = sequence else {
+            return Ok(false);
+        };
+        let (stream, _) = self.place(channel);
+        self.in_turn(channel, async {
+            if let Claim::Gone = self.claim(stream, sequence).await? {
+                return Ok(false);
+            }
+            match self.codec.unpack(&wake.payload, self.expiry_secs()) {
+                // Stored a moment ago: its whole expiry is ahead of it.
+                Ok(decoded) => self.keep(
+                    channel,
+                    decoded.message,
+                    Instant::now() + self.config.layer.expiry,
+                ),
+                Err(_) => Counters::add(&self.counters.undecodable, 1),
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     /// [`Inner::take`], its turn come.
     async fn take_now(&self, channel: &str) -> Result<bool, BackendError> {
         let (stream, subject) = self.place(channel);
-        while let Some(found) = self.first(stream, &subject).await? {
-            match self.claim(stream, found.sequence).await {
-                Ok(Claim::Ours) => {}
-                Ok(Claim::Gone) => continue,
-                Err(_) => continue,
+        // The message read after the last one taken here, if there was one: while nobody else
+        // takes it, it is the channel's oldest, and one delete takes it.
+        let mut next = self.next_up.lock().remove(channel);
+        loop {
+            let found = match next.take() {
+                Some(found) => found,
+                None => match self.first(stream, &subject).await? {
+                    Some(found) => found,
+                    None => return Ok(false),
+                },
+            };
+            // While the delete goes, read what follows: the next take on this channel then
+            // needs the delete alone, so a consumer that keeps receiving pays one round trip
+            // per message.
+            let (claim, after) = tokio::join!(
+                self.claim(stream, found.sequence),
+                self.first_from(stream, &subject, found.sequence + 1)
+            );
+            match claim {
+                Ok(Claim::Ours) => {
+                    if let Ok(Some(after)) = after {
+                        let mut next_up = self.next_up.lock();
+                        if next_up.len() >= MAX_NEXT_UP {
+                            next_up.clear();
+                        }
+                        next_up.insert(channel.to_owned(), after);
+                    }
+                }
+                Ok(Claim::Gone) | Err(_) => continue,
             }
             let sent_at = sent_at(&found);
             let left = sent_at + self.expiry_secs() - wall_clock();
@@ -690,7 +808,6 @@ impl Inner {
             );
             return Ok(true);
         }
-        Ok(false)
     }
 
     /// Queues a taken message for the receivers here.
@@ -712,16 +829,16 @@ impl Inner {
         let mut pause = RETRY_MIN;
         while !stop.is_set() && !self.is_closed() {
             let changed = self.changed.notified();
-            let wait = match self.take(&channel).await {
+            let (wait, empty) = match self.take(&channel).await {
                 Ok(true) => return,
                 Ok(false) => {
                     pause = RETRY_MIN;
-                    LOOK_AGAIN
+                    (LOOK_AGAIN, true)
                 }
                 Err(e) => {
                     self.backend_error(e);
                     pause = (pause * 2).min(RETRY_MAX);
-                    pause
+                    (pause, false)
                 }
             };
             if stop.is_set() {
@@ -729,19 +846,29 @@ impl Inner {
             }
             let woken = async {
                 match wake.as_mut() {
-                    Some(subscription) => {
-                        if subscription.next().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
+                    Some(subscription) => match subscription.next().await {
+                        Some(message) => Some(message),
+                        None => std::future::pending().await,
+                    },
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let announced = tokio::select! {
                 () = stop.notify.notified() => return,
-                () = changed => {}
-                () = woken => {}
-                () = tokio::time::sleep(wait) => {}
+                () = changed => None,
+                message = woken => message,
+                () = tokio::time::sleep(wait) => None,
+            };
+            // The first message stored after a look found the channel empty is its oldest:
+            // take it by the sequence number its wake-up carries, in one round trip.
+            if let (true, Some(message)) = (empty, announced) {
+                match self.take_announced(&channel, &message).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.backend_error(e);
+                    }
+                }
             }
         }
     }

@@ -344,3 +344,22 @@ impl NatsCluster {
         self.nodes[i].monitor(path)
     }
 }
+
+/// Builds a layer, retrying for up to 30 s while the servers settle (a fresh or changed
+/// cluster may refuse to make streams until its JetStream peers are current).
+#[cfg(feature = "nats")]
+pub fn layer_when_ready(
+    config: &channel_layer::nats::NatsConfig,
+) -> channel_layer::nats::NatsLayer {
+    let start = Instant::now();
+    loop {
+        match channel_layer::nats::NatsLayer::new(config.clone()) {
+            Ok(layer) => return layer,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("layer not ready yet: {e}");
+                thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("no layer for {:?}: {e}", config.servers),
+        }
+    }
+}
