@@ -32,13 +32,17 @@ const MEMBERS: usize = 100;
 
 fn layer(server: &NatsServer, prefix: &str) -> NatsLayer {
     let mut config = NatsConfig::from_url(&server.url()).expect("url");
+    // A prefix ending in `m` keeps its streams in memory.
+    if prefix.ends_with('m') {
+        config.storage = channel_layer::nats::Storage::Memory;
+    }
     config.prefix = prefix.to_owned();
     config.layer.capacity = 1_000_000;
     NatsLayer::new(config).expect("layer")
 }
 
-fn p2p(server: &NatsServer, n: usize, pipelined: bool, run: usize) -> f64 {
-    let prefix = format!("p2p{run}{}", u8::from(pipelined));
+fn p2p(server: &NatsServer, n: usize, pipelined: bool, run: usize, storage: &str) -> f64 {
+    let prefix = format!("p2p{run}{}{storage}", u8::from(pipelined));
     let producer = layer(server, &prefix);
     let consumer = layer(server, &prefix);
     let start = Instant::now();
@@ -234,8 +238,8 @@ fn main() {
     let raw = Raw::new(&server);
 
     let n = if quick { 2_000 } else { 10_000 };
-    let blocking = Spread::of((0..reps).map(|r| p2p(&server, n, false, r)).collect());
-    let pipelined = Spread::of((0..reps).map(|r| p2p(&server, n, true, r)).collect());
+    let blocking = Spread::of((0..reps).map(|r| p2p(&server, n, false, r, "f")).collect());
+    let pipelined = Spread::of((0..reps).map(|r| p2p(&server, n, true, r, "f")).collect());
     let core = Spread::of((0..reps).map(|_| raw.core_p2p(n * 10)).collect());
     let js1 = Spread::of((0..reps).map(|_| raw.js_publish(n, 1, 1)).collect());
     let js256 = Spread::of((0..reps).map(|_| raw.js_publish(n * 5, 256, 1)).collect());
@@ -264,14 +268,19 @@ fn main() {
     );
 
     let k = if quick { 300 } else { 1_000 };
-    let runs: Vec<(f64, f64)> = (0..reps)
-        .map(|r| {
-            let prefix = format!("rpc{r}");
-            rpc_by_hand(layer(&server, &prefix), layer(&server, &prefix), k, 100)
-        })
-        .collect();
-    let p50 = Spread::of(runs.iter().map(|r| r.0).collect());
-    let p99 = Spread::of(runs.iter().map(|r| r.1).collect());
+    let rpc = |storage: &str| -> (Spread, Spread) {
+        let runs: Vec<(f64, f64)> = (0..reps)
+            .map(|r| {
+                let prefix = format!("rpc{r}{storage}");
+                rpc_by_hand(layer(&server, &prefix), layer(&server, &prefix), k, 100)
+            })
+            .collect();
+        (
+            Spread::of(runs.iter().map(|r| r.0).collect()),
+            Spread::of(runs.iter().map(|r| r.1).collect()),
+        )
+    };
+    let (p50, p99) = rpc("f");
     let raws: Vec<_> = (0..reps).map(|_| raw.round_trips(k)).collect();
     let core50 = Spread::of(raws.iter().map(|r| r.0.0).collect());
     let core99 = Spread::of(raws.iter().map(|r| r.0.1).collect());
@@ -283,5 +292,13 @@ fn main() {
     println!(
         "             our p50 = {:.1} JetStream round trips (a request is a send and a receive each way)",
         p50.median / js50.median
+    );
+
+    // The same with the layer's streams in memory (`storage=memory`): no erase on delete.
+    let blocking = Spread::of((0..reps).map(|r| p2p(&server, n, false, r, "m")).collect());
+    let pipelined = Spread::of((0..reps).map(|r| p2p(&server, n, true, r, "m")).collect());
+    let (p50, p99) = rpc("m");
+    println!(
+        "memory       storage=memory: p2p blocking sends {blocking} msg/s, 256 in flight {pipelined} msg/s | rpc p50 {p50} µs, p99 {p99} µs"
     );
 }
