@@ -18,13 +18,11 @@ mod common;
 mod support;
 
 use std::hint::black_box;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::jetstream::{self, stream};
 use channel_layer::nats::{NatsConfig, NatsLayer};
-use channel_layer::{ChannelLayer, ChannelLayerExt};
-use common::{Spread, message, percentile, rpc_by_hand};
+use common::{Spread, percentile, rpc_by_hand};
 use futures::StreamExt as _;
 use support::nats_server::NatsServer;
 
@@ -43,72 +41,11 @@ fn layer(server: &NatsServer, prefix: &str) -> NatsLayer {
 
 fn p2p(server: &NatsServer, n: usize, pipelined: bool, run: usize, storage: &str) -> f64 {
     let prefix = format!("p2p{run}{}{storage}", u8::from(pipelined));
-    let producer = layer(server, &prefix);
-    let consumer = layer(server, &prefix);
-    let start = Instant::now();
-    let receiving = thread::spawn(move || {
-        for _ in 0..n {
-            black_box(
-                consumer
-                    .receive_timeout("bench.p2p", Duration::from_secs(30))
-                    .expect("receive"),
-            );
-        }
-    });
-    if pipelined {
-        futures::executor::block_on(async {
-            let mut in_flight = futures::stream::FuturesUnordered::new();
-            let mut k = 0;
-            while k < n || !in_flight.is_empty() {
-                while k < n && in_flight.len() < 256 {
-                    in_flight.push(producer.send_async("bench.p2p", message(k)));
-                    k += 1;
-                }
-                if let Some(r) = in_flight.next().await {
-                    r.expect("send");
-                }
-            }
-        });
-    } else {
-        for i in 0..n {
-            producer.send("bench.p2p", message(i)).expect("send");
-        }
-    }
-    receiving.join().expect("consumer");
-    n as f64 / start.elapsed().as_secs_f64()
+    common::p2p(layer(server, &prefix), layer(server, &prefix), n, pipelined)
 }
 
 fn fanout(server: &NatsServer, groups: usize, run: usize) -> f64 {
-    let layer = layer(server, &format!("fan{run}"));
-    let members: Vec<String> = (0..MEMBERS)
-        .map(|_| layer.new_channel("member").expect("name"))
-        .collect();
-    for m in &members {
-        layer.group_add("bench.room", m).expect("group_add");
-    }
-    let start = Instant::now();
-    let drainer = {
-        let layer = layer.clone();
-        thread::spawn(move || {
-            for _ in 0..groups {
-                for m in &members {
-                    black_box(
-                        layer
-                            .receive_timeout(m, Duration::from_secs(30))
-                            .expect("receive"),
-                    );
-                }
-            }
-        })
-    };
-    for g in 0..groups {
-        let report = layer
-            .group_send("bench.room", message(g))
-            .expect("group_send");
-        assert_eq!(report.delivered, MEMBERS);
-    }
-    drainer.join().expect("drainer");
-    (groups * MEMBERS) as f64 / start.elapsed().as_secs_f64()
+    common::fanout(layer(server, &format!("fan{run}")), MEMBERS, groups)
 }
 
 /// The same 64-byte-payload message as msgpack-sized bytes, for the raw client.

@@ -18,15 +18,13 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use channel_layer::AnyLayer;
 use channel_layer::redis::{RedisConfig, RedisLayer};
-use channel_layer::{AnyLayer, ChannelLayer, ChannelLayerExt};
-use common::{Spread, median, message, rpc_by_hand, rpc_toolkit};
+use common::{Spread, median, rpc_by_hand, rpc_toolkit};
 use support::redis_cluster::Cluster;
 use support::redis_server::RedisServer;
 
@@ -61,72 +59,11 @@ fn p2p(server: &dyn Target, n: usize, pipelined: bool, run: usize) -> f64 {
     let prefix = format!("p2p{run}{}:", u8::from(pipelined));
     let producer = layer(server, &prefix, 0);
     let consumer = layer(server, &prefix, if pipelined { 256 } else { 0 });
-    let start = Instant::now();
-    let receiving = thread::spawn(move || {
-        for _ in 0..n {
-            black_box(
-                consumer
-                    .receive_timeout("bench.p2p", Duration::from_secs(30))
-                    .expect("receive"),
-            );
-        }
-    });
-    if pipelined {
-        // A window of 256 sends kept in flight: a new one starts as each one ends.
-        futures::executor::block_on(async {
-            use futures::StreamExt as _;
-            let mut in_flight = futures::stream::FuturesUnordered::new();
-            let mut k = 0;
-            while k < n || !in_flight.is_empty() {
-                while k < n && in_flight.len() < 256 {
-                    in_flight.push(producer.send_async("bench.p2p", message(k)));
-                    k += 1;
-                }
-                if let Some(r) = in_flight.next().await {
-                    r.expect("send");
-                }
-            }
-        });
-    } else {
-        for i in 0..n {
-            producer.send("bench.p2p", message(i)).expect("send");
-        }
-    }
-    receiving.join().expect("consumer");
-    n as f64 / start.elapsed().as_secs_f64()
+    common::p2p(producer, consumer, n, pipelined)
 }
 
 fn fanout(server: &dyn Target, groups: usize, run: usize) -> f64 {
-    let layer = layer(server, &format!("fan{run}:"), 0);
-    let members: Vec<String> = (0..MEMBERS)
-        .map(|_| layer.new_channel("member").expect("name"))
-        .collect();
-    for m in &members {
-        layer.group_add("bench.room", m).expect("group_add");
-    }
-    let start = Instant::now();
-    let drainer = {
-        let layer = layer.clone();
-        thread::spawn(move || {
-            for _ in 0..groups {
-                for m in &members {
-                    black_box(
-                        layer
-                            .receive_timeout(m, Duration::from_secs(30))
-                            .expect("receive"),
-                    );
-                }
-            }
-        })
-    };
-    for g in 0..groups {
-        let report = layer
-            .group_send("bench.room", message(g))
-            .expect("group_send");
-        assert_eq!(report.delivered, MEMBERS);
-    }
-    drainer.join().expect("drainer");
-    (groups * MEMBERS) as f64 / start.elapsed().as_secs_f64()
+    common::fanout(layer(server, &format!("fan{run}:"), 0), MEMBERS, groups)
 }
 
 fn rpc(server: &RedisServer, k: usize, run: usize) -> (f64, f64) {

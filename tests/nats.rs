@@ -85,3 +85,33 @@ fn layers_with_other_settings_on_one_prefix_are_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn tokens_and_passwords_come_from_the_url() {
+    let Some(server) = NatsServer::start_with(&["--auth", "s3cret-token"]) else {
+        return;
+    };
+    let port = server.port();
+    let layer = NatsLayer::from_url(&format!("nats://s3cret-token@127.0.0.1:{port}")).unwrap();
+    layer.send("auth.ok", Message::new("in")).unwrap();
+    let by_param =
+        NatsLayer::from_url(&format!("nats://127.0.0.1:{port}?token=s3cret-token")).unwrap();
+    assert_eq!(
+        by_param.receive("auth.ok").unwrap().message_type(),
+        Some("in")
+    );
+    let err = NatsLayer::from_url(&format!("nats://wrong@127.0.0.1:{port}?connect_timeout=2"))
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(matches!(err, BuildError::Backend(_)), "{text}");
+    assert!(!text.contains("wrong@"), "the token leaked: {text}");
+
+    let Some(server) = NatsServer::start_with(&["--user", "svc", "--pass", "p@ss"]) else {
+        return;
+    };
+    let url = format!("nats://svc:p%40ss@127.0.0.1:{}", server.port());
+    let layer = NatsLayer::from_url(&url).unwrap();
+    layer.send("auth.ok", Message::new("in")).unwrap();
+    assert_eq!(layer.receive("auth.ok").unwrap().message_type(), Some("in"));
+    assert!(!format!("{layer:?}").contains("p@ss"));
+}

@@ -87,6 +87,9 @@ fn an_unknown_scheme_lists_the_schemes_this_build_knows() {
             "unix",
         ]);
     }
+    if cfg!(feature = "nats") {
+        expected.extend(["nats", "tls"]);
+    }
     expected.sort_unstable();
     assert_eq!(known, expected);
 }
@@ -97,6 +100,17 @@ fn redis_urls_without_the_feature_say_which_feature_is_needed() {
     for url in ["redis://h1:1,h2:2/0", "rediss://h/0", "unix:///tmp/r.sock"] {
         match AnyLayer::from_url(url) {
             Err(BuildError::FeatureDisabled { feature, .. }) => assert_eq!(feature, "redis"),
+            other => panic!("{url}: expected FeatureDisabled, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(not(feature = "nats"))]
+#[test]
+fn nats_urls_without_the_feature_say_which_feature_is_needed() {
+    for url in ["nats://h:4222", "tls://h1,h2"] {
+        match AnyLayer::from_url(url) {
+            Err(BuildError::FeatureDisabled { feature, .. }) => assert_eq!(feature, "nats"),
             other => panic!("{url}: expected FeatureDisabled, got {other:?}"),
         }
     }

@@ -208,3 +208,84 @@ pub fn rpc_toolkit(
     worker.shutdown(Duration::from_secs(1));
     times
 }
+
+/// One producer, one consumer on `bench.p2p`: `n` messages, sent one blocking send at a time
+/// or with a window of 256 async sends in flight (a new one starts as each one ends).
+/// Messages per second, from the first send to the last receive.
+pub fn p2p<L: ChannelLayer + Send + 'static>(
+    producer: L,
+    consumer: L,
+    n: usize,
+    pipelined: bool,
+) -> f64 {
+    let start = Instant::now();
+    let receiving = thread::spawn(move || {
+        for _ in 0..n {
+            black_box(
+                consumer
+                    .receive_timeout("bench.p2p", Duration::from_secs(30))
+                    .expect("receive"),
+            );
+        }
+    });
+    if pipelined {
+        futures::executor::block_on(async {
+            use futures::StreamExt as _;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut k = 0;
+            while k < n || !in_flight.is_empty() {
+                while k < n && in_flight.len() < 256 {
+                    in_flight.push(producer.send_async("bench.p2p", message(k)));
+                    k += 1;
+                }
+                if let Some(r) = in_flight.next().await {
+                    r.expect("send");
+                }
+            }
+        });
+    } else {
+        for i in 0..n {
+            producer.send("bench.p2p", message(i)).expect("send");
+        }
+    }
+    receiving.join().expect("consumer");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `groups` group sends to `members` process channels of `layer`, one thread draining them:
+/// deliveries per second, from the first send to the last receive.
+pub fn fanout<L: ChannelLayer + Clone + Send + 'static>(
+    layer: L,
+    members: usize,
+    groups: usize,
+) -> f64 {
+    let names: Vec<String> = (0..members)
+        .map(|_| layer.new_channel("member").expect("name"))
+        .collect();
+    for m in &names {
+        layer.group_add("bench.room", m).expect("group_add");
+    }
+    let start = Instant::now();
+    let drainer = {
+        let layer = layer.clone();
+        thread::spawn(move || {
+            for _ in 0..groups {
+                for m in &names {
+                    black_box(
+                        layer
+                            .receive_timeout(m, Duration::from_secs(30))
+                            .expect("receive"),
+                    );
+                }
+            }
+        })
+    };
+    for g in 0..groups {
+        let report = layer
+            .group_send("bench.room", message(g))
+            .expect("group_send");
+        assert_eq!(report.delivered, members);
+    }
+    drainer.join().expect("drainer");
+    (groups * members) as f64 / start.elapsed().as_secs_f64()
+}

@@ -10,7 +10,8 @@
 //! - A receive takes the oldest message of its channel's subject and deletes it by sequence
 //!   number; the server lets exactly one delete succeed, so exactly one receiver gets each
 //!   message, in order. A waiting receive subscribes to the channel's wake subject, where the
-//!   stream republishes each stored message's headers, and looks again when one comes.
+//!   stream republishes each message it stores (with its sequence number), and takes the
+//!   first one announced after its channel was found empty with a single delete.
 //! - Group memberships are keys of a key-value bucket, `<prefix>_groups`, whose maximum age is
 //!   the group expiry: a membership lapses `group_expiry` after its latest `group_add`. A
 //!   `group_send` lists the group's keys in one request and publishes to every member.
