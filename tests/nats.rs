@@ -115,3 +115,49 @@ fn tokens_and_passwords_come_from_the_url() {
     assert_eq!(layer.receive("auth.ok").unwrap().message_type(), Some("in"));
     assert!(!format!("{layer:?}").contains("p@ss"));
 }
+
+#[test]
+fn tls_urls_reach_a_server_that_requires_tls() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        support::service_missing("openssl", "needed to make test certificates");
+        return;
+    }
+    let dir = support::scratch_root().join(format!("nats-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    support::certs::certificates(&dir).expect("test certificates");
+    let (cert, key, ca) = (
+        dir.join("server.crt").display().to_string(),
+        dir.join("server.key").display().to_string(),
+        dir.join("ca.crt").display().to_string(),
+    );
+    let Some(server) = NatsServer::start_with(&["--tls", "--tlscert", &cert, "--tlskey", &key])
+    else {
+        return;
+    };
+    let url = format!("tls://127.0.0.1:{}?tls_ca_file={ca}", server.port());
+    let layer = AnyLayer::from_url(&url).unwrap();
+    layer.send("tls.ok", Message::new("secret")).unwrap();
+    assert_eq!(
+        layer.receive("tls.ok").unwrap().message_type(),
+        Some("secret")
+    );
+    // Without the CA the server's certificate is not trusted: a typed error, quickly.
+    let started = Instant::now();
+    let err = NatsLayer::from_url(&format!(
+        "tls://127.0.0.1:{}?connect_timeout=2",
+        server.port()
+    ))
+    .unwrap_err();
+    assert!(matches!(err, BuildError::Backend(_)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

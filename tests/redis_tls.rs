@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use channel_layer::redis::{RedisConfig, RedisLayer};
 use channel_layer::{ChannelLayer, ChannelLayerExt, Message, SendError};
+use support::certs::certificates;
 use support::{scratch_root, service_missing};
 
 /// A TLS-only `redis-server` on a free loopback port; killed on drop.
@@ -26,79 +27,6 @@ impl Drop for TlsServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn run(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("openssl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// Makes a CA and a server certificate for 127.0.0.1 in `dir`.
-fn certificates(dir: &Path) -> Result<(), String> {
-    let days = ["-days", "2"];
-    run(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=channel-layer test CA",
-            days[0],
-            days[1],
-        ],
-    )?;
-    run(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    )?;
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
-        .map_err(|e| e.to_string())?;
-    run(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-extfile",
-            "san.ext",
-            days[0],
-            days[1],
-        ],
-    )
 }
 
 /// A directory with a fresh CA and server certificate, or `None` (after [`service_missing`])

@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod certs;
 pub mod example;
 pub mod nats_server;
 pub mod python;
