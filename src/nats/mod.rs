@@ -154,6 +154,16 @@ fn stream_error_code(e: &jetstream::context::CreateStreamError) -> Option<u64> {
     }
 }
 
+/// What a take did.
+enum Took {
+    /// Took a message into the local buffer.
+    One,
+    /// Found the channel empty.
+    Nothing,
+    /// Ran out of time removing expired or undecodable messages; more may follow.
+    Unfinished,
+}
+
 /// What deleting a message found.
 enum Claim {
     /// This delete removed it: the message is this receiver's.
@@ -548,8 +558,13 @@ impl Inner {
 
     /// Drops the expired messages at the head of a subject, counting them; how many it dropped.
     async fn prune(&self, stream: &stream::Stream, subject: &str) -> Result<usize, BackendError> {
+        let started = Instant::now();
         let mut dropped = 0;
-        while let Some(found) = self.first(stream, subject).await? {
+        // Bounded by the operation timeout: a send never waits on more than that here.
+        while started.elapsed() < self.config.operation_timeout {
+            let Some(found) = self.first(stream, subject).await? else {
+                break;
+            };
             if sent_at(&found) + self.expiry_secs() > wall_clock() {
                 break;
             }
@@ -697,7 +712,7 @@ impl Inner {
     /// Takes the oldest live message of `channel` from the server into the local buffer:
     /// `Ok(true)` if one was taken. Expired and undecodable messages met on the way are
     /// removed and counted.
-    async fn take(&self, channel: &str) -> Result<bool, BackendError> {
+    async fn take(&self, channel: &str) -> Result<Took, BackendError> {
         self.in_turn(channel, self.take_now(channel)).await
     }
 
@@ -757,17 +772,24 @@ impl Inner {
     }
 
     /// [`Inner::take`], its turn come.
-    async fn take_now(&self, channel: &str) -> Result<bool, BackendError> {
+    async fn take_now(&self, channel: &str) -> Result<Took, BackendError> {
         let (stream, subject) = self.place(channel);
+        let started = Instant::now();
         // The message read after the last one taken here, if there was one: while nobody else
         // takes it, it is the channel's oldest, and one delete takes it.
         let mut next = self.next_up.lock().remove(channel);
         loop {
+            // Many expired or undecodable messages in a row are removed a round trip each:
+            // give up for now after the operation timeout, so no call outlives it.
+            if started.elapsed() >= self.config.operation_timeout {
+                self.remember_next(channel, next);
+                return Ok(Took::Unfinished);
+            }
             let found = match next.take() {
                 Some(found) => found,
                 None => match self.first(stream, &subject).await? {
                     Some(found) => found,
-                    None => return Ok(false),
+                    None => return Ok(Took::Nothing),
                 },
             };
             // While the delete goes, read what follows: the next take on this channel then
@@ -777,16 +799,9 @@ impl Inner {
                 self.claim(stream, found.sequence),
                 self.first_from(stream, &subject, found.sequence + 1)
             );
+            next = after.ok().flatten();
             match claim {
-                Ok(Claim::Ours) => {
-                    if let Ok(Some(after)) = after {
-                        let mut next_up = self.next_up.lock();
-                        if next_up.len() >= MAX_NEXT_UP {
-                            next_up.clear();
-                        }
-                        next_up.insert(channel.to_owned(), after);
-                    }
-                }
+                Ok(Claim::Ours) => {}
                 Ok(Claim::Gone) | Err(_) => continue,
             }
             let sent_at = sent_at(&found);
@@ -807,7 +822,19 @@ impl Inner {
                 message,
                 Instant::now() + Duration::from_secs_f64(left.min(1e9)),
             );
-            return Ok(true);
+            self.remember_next(channel, next);
+            return Ok(Took::One);
+        }
+    }
+
+    /// Keeps the message read after the last one taken from `channel`, for the next take.
+    fn remember_next(&self, channel: &str, next: Option<jetstream::message::StreamMessage>) {
+        if let Some(next) = next {
+            let mut next_up = self.next_up.lock();
+            if next_up.len() >= MAX_NEXT_UP {
+                next_up.clear();
+            }
+            next_up.insert(channel.to_owned(), next);
         }
     }
 
@@ -831,8 +858,9 @@ impl Inner {
         while !stop.is_set() && !self.is_closed() {
             let changed = self.changed.notified();
             let (wait, empty) = match self.take(&channel).await {
-                Ok(true) => return,
-                Ok(false) => {
+                Ok(Took::One) => return,
+                Ok(Took::Unfinished) => continue,
+                Ok(Took::Nothing) => {
                     pause = RETRY_MIN;
                     (LOOK_AGAIN, true)
                 }
@@ -1062,6 +1090,7 @@ impl Inner {
         group: &str,
         payload: Bytes,
     ) -> Result<GroupSendReport, BackendError> {
+        let started = Instant::now();
         let members = self.members(group).await?;
         let mut pending = Vec::with_capacity(members.len());
         for member in members {
@@ -1074,8 +1103,14 @@ impl Inner {
             let stored = match ack {
                 Ok(ack) => match ack.await {
                     Ok(_) => Some(true),
+                    // Full: once more after dropping its expired messages, while the group
+                    // send is within its operation timeout; past it, the member is skipped.
                     Err(e) if jetstream_code(&e) == Some(FULL) => {
-                        self.publish(&member, payload.clone()).await.ok()
+                        if started.elapsed() < self.config.operation_timeout {
+                            self.publish(&member, payload.clone()).await.ok()
+                        } else {
+                            Some(false)
+                        }
                     }
                     Err(_) => None,
                 },
