@@ -92,6 +92,18 @@ fn kill_and_restart_a_single_server() {
 }
 
 #[test]
+fn a_frozen_server_loses_nothing_uncounted_and_no_call_outlives_its_deadline() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    across_a_fault(&server.url(), &server.url(), 1, "frozen for 3 s", || {
+        server.freeze();
+        thread::sleep(Duration::from_secs(3));
+        server.thaw();
+    });
+}
+
+#[test]
 fn lose_one_node_of_a_three_node_cluster() {
     let Some(cluster) = NatsCluster::start() else {
         return;

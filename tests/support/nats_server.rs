@@ -136,6 +136,18 @@ impl Node {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    fn signal(&self, signal: &str) {
+        let guard = self.child.lock().unwrap();
+        let (child, _) = guard.as_ref().expect("the server runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     fn is_running(&self) -> bool {
         self.child.lock().unwrap().is_some()
     }
@@ -256,6 +268,16 @@ impl NatsServer {
     /// A monitoring endpoint's body (`/jsz?streams=1`, ...).
     pub fn monitor(&self, path: &str) -> Option<String> {
         self.node.monitor(path)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.node.signal("STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.node.signal("CONT");
     }
 }
 
