@@ -1,6 +1,6 @@
 //! A command-line tool for looking into and driving a channel layer by URL: send a message,
-//! watch a channel, mint a process-specific channel and listen on it, manage groups, flush.
-//! Useful for debugging a deployment.
+//! watch a channel, mint a process-specific channel and listen on it, manage groups, flush, and
+//! see what a layer holds (`inspect`, `stats`). Useful for debugging a deployment.
 //!
 //! ```text
 //! cargo run --example cli -- --url redis://127.0.0.1:6379/0 send chat.lobby '{"type":"chat.message","text":"hi"}'
@@ -8,6 +8,7 @@
 //! cargo run --example cli -- listen --prefix reply          # uses $CHANNEL_LAYER_URL
 //! cargo run --example cli -- group-add room.lobby specific.ab12!cd34
 //! cargo run --example cli -- group-send room.lobby '{"type":"chat.message","text":"all"}'
+//! cargo run --example cli --features nats -- --url nats://127.0.0.1:4222 inspect --json
 //! cargo run --example cli -- --help
 //! ```
 //!
@@ -66,12 +67,20 @@ Commands:
   group-discard GROUP CHANNEL    remove a channel from a group
   group-send GROUP JSON          send to every member; prints "delivered N, skipped M (full)"
   flush                          drop every message and every group membership
+  inspect [--json] [--watch] [--limit N]
+                                 what the layer holds: channels with their queued counts and
+                                 oldest message's age, process channels by process, groups
+                                 with their members and membership ages, and the counters
+  stats [--json] [--watch]       the layer's counters and gauges
 
 Options:
   --url URL        the layer (default: $CHANNEL_LAYER_URL, else memory://)
   --timeout SECS   how long to wait for each message (default 10; fractions allowed)
   --count N        how many messages to receive (default 1; timing out before N is an
                    error); 0 = keep receiving until SECS pass with nothing more
+  --json           print JSON instead of a table
+  --watch          print again every second until interrupted
+  --limit N        list at most N channels and N groups (default 1000)
   -h, --help       print this help
 
 Messages are JSON objects, one per line. Integers must fit a signed 64-bit integer (a larger
@@ -98,7 +107,12 @@ const COMMANDS: &[(&str, &[&str], &[&str])] = &[
     ("group-discard", &["GROUP", "CHANNEL"], &[]),
     ("group-send", &["GROUP", "JSON"], &[]),
     ("flush", &[], &[]),
+    ("inspect", &[], &["--json", "--watch", "--limit"]),
+    ("stats", &[], &["--json", "--watch"]),
 ];
+
+/// The options that take no value.
+const FLAGS: &[&str] = &["--json", "--watch"];
 
 /// Why the tool stops without success.
 enum Failure {
@@ -115,6 +129,9 @@ struct Invocation {
     prefix: String,
     timeout: Duration,
     count: usize,
+    json: bool,
+    watch: bool,
+    limit: usize,
 }
 
 fn main() -> ExitCode {
@@ -182,6 +199,9 @@ fn parse(args: &[String]) -> Result<Invocation, Failure> {
         prefix: DEFAULT_CHANNEL_PREFIX.into(),
         timeout: Duration::from_secs(10),
         count: 1,
+        json: false,
+        watch: false,
+        limit: 1000,
     };
     i += 1;
     while i < args.len() {
@@ -190,9 +210,22 @@ fn parse(args: &[String]) -> Result<Invocation, Failure> {
             i += 1;
             continue;
         }
+        if FLAGS.contains(&args[i].as_str()) && allowed.contains(&args[i].as_str()) {
+            match args[i].as_str() {
+                "--json" => invocation.json = true,
+                _ => invocation.watch = true,
+            }
+            i += 1;
+            continue;
+        }
         let (option, value, used) = option_at(args, i, allowed)?;
         match option {
             "--prefix" => invocation.prefix = value,
+            "--limit" => {
+                invocation.limit = value.parse().map_err(|_| {
+                    Failure::Usage(format!("--limit wants a whole number, not {value:?}"))
+                })?;
+            }
             "--count" => {
                 invocation.count = value.parse().map_err(|_| {
                     Failure::Usage(format!("--count wants a whole number, not {value:?}"))
@@ -267,8 +300,149 @@ fn run(inv: &Invocation) -> Result<(), Failure> {
             ))
         }
         ("flush", []) => layer.flush().map_err(failed),
+        ("inspect", []) => repeat(inv, || inspect(&layer, inv)),
+        ("stats", []) => repeat(inv, || {
+            let metrics = layer.metrics();
+            print_line(&if inv.json {
+                metrics_json(&metrics).to_string()
+            } else {
+                metrics_table(&metrics)
+            })
+        }),
         _ => unreachable!("parse checked the command and its arguments"),
     }
+}
+
+/// Runs `show` once, or every second for ever with `--watch`.
+fn repeat(inv: &Invocation, mut show: impl FnMut() -> Result<(), Failure>) -> Result<(), Failure> {
+    loop {
+        show()?;
+        if !inv.watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `inspect`: the layer's contents as a table or as JSON.
+fn inspect(layer: &AnyLayer, inv: &Invocation) -> Result<(), Failure> {
+    let seen = layer.inspect(inv.limit).map_err(failed)?;
+    let secs = |age: Option<Duration>| age.map(|a| (a.as_secs_f64() * 1000.0).round() / 1000.0);
+    if inv.json {
+        let channels: Vec<serde_json::Value> = seen
+            .channels
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "process": c.process(),
+                    "queued": c.queued,
+                    "oldest_age_secs": secs(c.oldest_age),
+                })
+            })
+            .collect();
+        let groups: Vec<serde_json::Value> = seen
+            .groups
+            .iter()
+            .map(|g| {
+                let members: Vec<serde_json::Value> = g
+                    .members
+                    .iter()
+                    .map(|m| serde_json::json!({"channel": m.channel, "age_secs": secs(m.age)}))
+                    .collect();
+                serde_json::json!({"name": g.name, "members": members})
+            })
+            .collect();
+        let all = serde_json::json!({
+            "channels": channels,
+            "groups": groups,
+            "metrics": metrics_json(&seen.metrics),
+            "complete": seen.complete,
+        });
+        return print_line(&all.to_string());
+    }
+    let age =
+        |a: Option<Duration>| a.map_or("-".to_owned(), |a| format!("{:.1}s", a.as_secs_f64()));
+    let mut out = String::new();
+    let (normal, process): (Vec<_>, Vec<_>) =
+        seen.channels.iter().partition(|c| c.process().is_none());
+    out.push_str(&format!("channels ({})\n", normal.len()));
+    out.push_str(&format!(
+        "  {:<48} {:>8} {:>10}\n",
+        "NAME", "QUEUED", "OLDEST"
+    ));
+    for c in &normal {
+        out.push_str(&format!(
+            "  {:<48} {:>8} {:>10}\n",
+            c.name,
+            c.queued,
+            age(c.oldest_age)
+        ));
+    }
+    out.push_str(&format!("process channels ({})\n", process.len()));
+    let mut last_process = None;
+    for c in &process {
+        if last_process != c.process() {
+            last_process = c.process();
+            out.push_str(&format!("  {}\n", last_process.unwrap_or_default()));
+        }
+        out.push_str(&format!(
+            "    {:<46} {:>8} {:>10}\n",
+            c.name,
+            c.queued,
+            age(c.oldest_age)
+        ));
+    }
+    out.push_str(&format!("groups ({})\n", seen.groups.len()));
+    for g in &seen.groups {
+        out.push_str(&format!("  {} ({} members)\n", g.name, g.members.len()));
+        for m in &g.members {
+            out.push_str(&format!("    {:<46} {:>10}\n", m.channel, age(m.age)));
+        }
+    }
+    if !seen.complete {
+        out.push_str(&format!(
+            "(only the first {} of each are listed)\n",
+            inv.limit
+        ));
+    }
+    out.push_str(&metrics_table(&seen.metrics));
+    print_line(out.trim_end())
+}
+
+/// The counters and gauges as JSON, by the names of `MetricsSnapshot`'s fields.
+fn metrics_json(m: &channel_layer::MetricsSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "sent": m.sent,
+        "received": m.received,
+        "rejected_full": m.rejected_full,
+        "expired": m.expired,
+        "flushed": m.flushed,
+        "group_sends": m.group_sends,
+        "group_deliveries": m.group_deliveries,
+        "group_skipped_full": m.group_skipped_full,
+        "group_skipped_failed": m.group_skipped_failed,
+        "undecodable": m.undecodable,
+        "overflowed": m.overflowed,
+        "lost": m.lost,
+        "backend_errors": m.backend_errors,
+        "reconnects": m.reconnects,
+        "unreplicated": m.unreplicated,
+        "queued_messages": m.queued_messages,
+        "channels": m.channels,
+        "groups": m.groups,
+    })
+}
+
+/// The counters and gauges, one `name value` per line.
+fn metrics_table(m: &channel_layer::MetricsSnapshot) -> String {
+    let mut out = String::from("counters\n");
+    if let serde_json::Value::Object(fields) = metrics_json(m) {
+        for (name, value) in fields {
+            out.push_str(&format!("  {name:<22} {value}\n"));
+        }
+    }
+    out.trim_end().to_owned()
 }
 
 /// Receives `inv.count` messages (0: until `inv.timeout` passes with nothing more), printing

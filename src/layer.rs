@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use crate::error::{LayerError, ReceiveError, SendError, TryReceiveError};
+use crate::inspect::Inspection;
 use crate::message::{Message, MessageError};
 use crate::metrics::MetricsSnapshot;
 use crate::name::NameError;
@@ -37,6 +38,8 @@ pub struct Capabilities {
     /// the whole backend, because all of its state lives in this object. A backend whose
     /// messages wait in a server reports only what it holds itself.
     pub exact_gauges: bool,
+    /// [`ChannelLayer::inspect`] lists the channels, groups and members.
+    pub inspect: bool,
 }
 
 impl Capabilities {
@@ -48,7 +51,15 @@ impl Capabilities {
             receive_any_process_channel: false,
             shared_between_layers: false,
             exact_gauges: false,
+            inspect: false,
         }
+    }
+
+    /// With `inspect` set.
+    #[must_use]
+    pub const fn with_inspect(mut self, yes: bool) -> Self {
+        self.inspect = yes;
+        self
     }
 
     /// With `groups` set.
@@ -356,6 +367,25 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     fn flush(&self) -> Result<(), LayerError> {
         block_on(self.flush_async())
     }
+
+    /// Lists what the layer holds: channels with their queued counts and the age of their
+    /// oldest message, groups with their members and membership ages, and the counters; at
+    /// most `limit` channels and `limit` groups (see [`Inspection::complete`]). For operators
+    /// and tools; not meant for a hot path.
+    ///
+    /// # Errors
+    ///
+    /// [`LayerError::Unsupported`] when the backend does not offer it
+    /// ([`Capabilities::inspect`]); [`LayerError::Closed`]; a backend's error.
+    fn inspect(&self, limit: usize) -> Result<Inspection, LayerError> {
+        block_on(self.inspect_async(limit))
+    }
+
+    /// [`ChannelLayer::inspect`], async. The default says the backend does not offer it.
+    fn inspect_async(&self, limit: usize) -> BoxFuture<'_, Result<Inspection, LayerError>> {
+        let _ = limit;
+        Box::pin(std::future::ready(Err(LayerError::Unsupported("inspect"))))
+    }
 }
 
 /// Conveniences on every [`ChannelLayer`]: receive with or without a timeout, typed messages.
@@ -625,6 +655,13 @@ macro_rules! delegate_channel_layer {
         }
         fn flush(&self) -> Result<(), $crate::LayerError> {
             self.$($target)+.flush()
+        }
+        fn inspect(&self, limit: usize) -> Result<$crate::inspect::Inspection, $crate::LayerError> {
+            self.$($target)+.inspect(limit)
+        }
+        fn inspect_async(&self, limit: usize)
+            -> $crate::BoxFuture<'_, Result<$crate::inspect::Inspection, $crate::LayerError>> {
+            self.$($target)+.inspect_async(limit)
         }
     };
 }

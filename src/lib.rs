@@ -238,6 +238,7 @@ mod config;
 #[doc = include_str!("../docs/contract.md")]
 pub mod contract {}
 mod error;
+pub mod inspect;
 mod layer;
 mod memory;
 pub mod message;
@@ -267,6 +268,7 @@ pub use crate::error::{
     BackendError, BackendErrorKind, BuildError, Error, LayerError, ReceiveError, SendError,
     TryReceiveError,
 };
+pub use crate::inspect::Inspection;
 pub use crate::layer::{
     BoxFuture, Capabilities, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX, GroupSendReport,
 };

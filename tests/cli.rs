@@ -628,6 +628,39 @@ mod nats {
 
         listen_then_send(&url);
 
+        // What the layer holds, by `inspect` and `stats`, as JSON and as a table.
+        assert_ok(&on(&["flush"]));
+        for _ in 0..2 {
+            assert_ok(&on(&["send", "jobs.new", r#"{"type":"job"}"#]));
+        }
+        assert_ok(&on(&["group-add", "room", "a.one"]));
+        let run = on(&["inspect", "--json"]);
+        assert_ok(&run);
+        let seen: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        assert_eq!(seen["channels"][0]["name"], "jobs.new", "{seen}");
+        assert_eq!(seen["channels"][0]["queued"], 2, "{seen}");
+        assert!(
+            seen["channels"][0]["oldest_age_secs"].as_f64().is_some(),
+            "{seen}"
+        );
+        assert_eq!(seen["groups"][0]["name"], "room", "{seen}");
+        assert_eq!(
+            seen["groups"][0]["members"][0]["channel"], "a.one",
+            "{seen}"
+        );
+        assert_eq!(seen["complete"], true, "{seen}");
+        let run = on(&["inspect"]);
+        assert_ok(&run);
+        assert!(
+            run.stdout.contains("jobs.new") && run.stdout.contains("room (1 members)"),
+            "{}",
+            run.stdout
+        );
+        let run = on(&["stats", "--json"]);
+        assert_ok(&run);
+        let stats: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        assert!(stats["sent"].is_u64(), "{stats}");
+
         // A bad NATS URL is a one-line error naming the problem.
         let run = cli(&["--url", "nats://127.0.0.1:0", "flush"]);
         assert!(assert_error(&run).contains("port"), "{run:#?}");

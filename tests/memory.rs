@@ -141,3 +141,37 @@ fn message_display_of_values_reads_like_python() {
         r#"Message({"type": "t", "b": b"\x00a", "n": null})"#
     );
 }
+
+#[test]
+fn inspect_lists_channels_and_groups_with_their_ages() {
+    use channel_layer::ChannelLayer as _;
+    let layer = channel_layer::InMemoryLayer::default();
+    assert!(layer.capabilities().inspect);
+    let process = layer.new_channel("specific").unwrap();
+    layer
+        .send("b.jobs", channel_layer::Message::new("m"))
+        .unwrap();
+    layer
+        .send("b.jobs", channel_layer::Message::new("m"))
+        .unwrap();
+    layer
+        .send(&process, channel_layer::Message::new("m"))
+        .unwrap();
+    layer.group_add("room", "b.jobs").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let seen = layer.inspect(10).unwrap();
+    assert_eq!(seen.channels.len(), 2);
+    assert_eq!(
+        (seen.channels[0].name.as_str(), seen.channels[0].queued),
+        ("b.jobs", 2)
+    );
+    assert!(seen.channels[0].oldest_age.unwrap() >= std::time::Duration::from_millis(40));
+    assert_eq!(seen.channels[0].process(), None);
+    assert!(seen.channels[1].process().is_some());
+    assert_eq!(seen.groups.len(), 1);
+    assert_eq!(seen.groups[0].members[0].channel, "b.jobs");
+    assert!(seen.groups[0].members[0].age.unwrap() >= std::time::Duration::from_millis(40));
+    assert_eq!(seen.metrics.queued_messages, 3);
+    assert!(seen.complete);
+    assert!(!layer.inspect(1).unwrap().complete);
+}

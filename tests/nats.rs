@@ -210,3 +210,58 @@ fn clearing_many_expired_messages_never_outlasts_the_operation_timeout() {
     );
     assert!(sent.is_ok() || sent.unwrap_err().is_full());
 }
+
+#[test]
+fn inspect_lists_channels_process_channels_and_groups_with_their_ages() {
+    let layer = served(LayerConfig::default());
+    assert!(layer.capabilities().inspect);
+    let process = layer.new_channel("specific").unwrap();
+    for (channel, n) in [("jobs.new", 3), ("jobs.done", 1), (process.as_str(), 2)] {
+        for i in 0..n {
+            layer.send(channel, Message::new("m").with("i", i)).unwrap();
+        }
+    }
+    layer.group_add("room.1", "jobs.new").unwrap();
+    layer.group_add("room.1", &process).unwrap();
+    layer.group_add("room-2", "jobs.done").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = layer.inspect(100).unwrap();
+    let channels: Vec<(&str, u64)> = seen
+        .channels
+        .iter()
+        .map(|c| (c.name.as_str(), c.queued))
+        .collect();
+    let mut expected = vec![("jobs.done", 1), ("jobs.new", 3), (process.as_str(), 2)];
+    expected.sort();
+    assert_eq!(channels, expected);
+    for c in &seen.channels {
+        let age = c.oldest_age.expect("an age");
+        assert!(
+            age >= Duration::from_millis(250) && age < Duration::from_secs(30),
+            "{c:?}"
+        );
+    }
+    let by_process = seen.channels.iter().find(|c| c.name == process).unwrap();
+    assert_eq!(
+        by_process.process(),
+        Some(&process[..=process.find('!').unwrap()])
+    );
+    let groups: Vec<(&str, Vec<&str>)> = seen
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.name.as_str(),
+                g.members.iter().map(|m| m.channel.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut room1 = vec!["jobs.new", process.as_str()];
+    room1.sort();
+    assert_eq!(groups, [("room-2", vec!["jobs.done"]), ("room.1", room1)]);
+    assert!(seen.groups[0].members[0].age.is_some());
+    assert!(seen.complete);
+    // Another process sees the same.
+    assert_eq!(layer.inspect(1).unwrap().channels.len(), 1);
+    assert!(!layer.inspect(1).unwrap().complete);
+}

@@ -487,3 +487,57 @@ fn replica_confirmation_counts_what_no_replica_confirmed() {
         .is_err()
     );
 }
+
+#[test]
+fn inspect_lists_channel_keys_process_keys_and_groups_with_their_ages() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = layer_on(&server, LayerConfig::default());
+    assert!(layer.capabilities().inspect);
+    let process = layer.new_channel("specific").unwrap();
+    for (channel, n) in [("jobs.new", 3), ("jobs.done", 1), (process.as_str(), 2)] {
+        for i in 0..n {
+            layer.send(channel, Message::new("m").with("i", i)).unwrap();
+        }
+    }
+    layer.group_add("room.1", "jobs.new").unwrap();
+    layer.group_add("room.1", &process).unwrap();
+    // Another program's key under the prefix is no channel.
+    server.command(&["SET", "asgiother", "x"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = layer.inspect(100).unwrap();
+    let non_local = &process[..=process.find('!').unwrap()];
+    let channels: Vec<(&str, u64)> = seen
+        .channels
+        .iter()
+        .map(|c| (c.name.as_str(), c.queued))
+        .collect();
+    assert_eq!(
+        channels,
+        [("jobs.done", 1), ("jobs.new", 3), (non_local, 2)],
+        "{seen:?}"
+    );
+    assert_eq!(seen.channels[2].process(), Some(non_local));
+    for c in &seen.channels {
+        let age = c.oldest_age.expect("an age");
+        assert!(
+            age >= Duration::from_millis(150) && age < Duration::from_secs(30),
+            "{c:?}"
+        );
+    }
+    assert_eq!(seen.groups.len(), 1);
+    assert_eq!(seen.groups[0].name, "room.1");
+    let mut members: Vec<&str> = seen.groups[0]
+        .members
+        .iter()
+        .map(|m| m.channel.as_str())
+        .collect();
+    members.sort_unstable();
+    let mut expected = vec!["jobs.new", process.as_str()];
+    expected.sort_unstable();
+    assert_eq!(members, expected);
+    assert!(seen.groups[0].members.iter().all(|m| m.age.is_some()));
+    assert!(seen.complete);
+    assert!(!layer.inspect(1).unwrap().complete);
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::error::LayerError;
+use crate::inspect::{GroupState, MemberState};
 use crate::metrics::MetricsSnapshot;
 use crate::name::{validate_channel, validate_group};
 
@@ -110,6 +111,25 @@ impl Groups {
             members.retain(|_, m| m.until > now);
             !members.is_empty()
         });
+    }
+
+    /// Every group with live members, each member with how long ago it was added.
+    pub(crate) fn inspect(&self, now: Instant) -> Vec<GroupState> {
+        let map = self.map.read();
+        map.iter()
+            .filter_map(|(name, members)| {
+                let mut live: Vec<MemberState> = members
+                    .iter()
+                    .filter(|(_, m)| m.until > now)
+                    .map(|(channel, m)| {
+                        let left = m.until.saturating_duration_since(now);
+                        MemberState::new(&**channel, Some(self.expiry.saturating_sub(left)))
+                    })
+                    .collect();
+                live.sort_by(|a, b| a.channel.cmp(&b.channel));
+                (!live.is_empty()).then(|| GroupState::new(&**name, live))
+            })
+            .collect()
     }
 
     pub(crate) fn clear(&self) {

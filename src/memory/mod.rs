@@ -21,6 +21,7 @@ use self::groups::Groups;
 use self::store::{Key, NewChan, PaddedShard, Refused, SHARDS, Shard, Wake};
 use crate::config::{LayerConfig, parse_query, redacted_url};
 use crate::error::{BuildError, LayerError, ReceiveError, SendError, TryReceiveError};
+use crate::inspect::Inspection;
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
 use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
@@ -468,6 +469,34 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn inspect(&self, limit: usize) -> Result<Inspection, LayerError> {
+        if self.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        let now = Instant::now();
+        let mut channels = Vec::new();
+        for shard in self.shards.iter() {
+            shard
+                .lock
+                .lock()
+                .inspect(now, self.config.expiry, &mut channels);
+        }
+        let mut groups = self.groups.inspect(now);
+        let complete = channels.len() <= limit && groups.len() <= limit;
+        channels.sort_by(|a, b| a.name.cmp(&b.name));
+        channels.truncate(limit);
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        groups.truncate(limit);
+        Ok(Inspection {
+            channels,
+            groups,
+            metrics: self.metrics(),
+            complete,
+        })
+    }
+}
+
 impl Sweep for Inner {
     fn sweep(&self) {
         let now = Instant::now();
@@ -567,6 +596,11 @@ impl ChannelLayer for InMemoryLayer {
             .with_flush(true)
             .with_receive_any_process_channel(true)
             .with_exact_gauges(true)
+            .with_inspect(true)
+    }
+
+    fn inspect_async(&self, limit: usize) -> BoxFuture<'_, Result<Inspection, LayerError>> {
+        Box::pin(std::future::ready(self.inner.inspect(limit)))
     }
 
     fn metrics(&self) -> MetricsSnapshot {

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 use std::thread::Thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::error::SendError;
+use crate::inspect::ChannelState;
 use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
 use crate::name::NameError;
@@ -283,6 +284,21 @@ impl Shard {
     }
 
     /// How many messages are queued on `key`.
+    /// The channels holding messages, as an inspection lists them: the count, and the age of
+    /// the oldest (its deadline is `expiry` after it was queued).
+    pub(crate) fn inspect(&self, now: Instant, expiry: Duration, out: &mut Vec<ChannelState>) {
+        for chan in self.channels.iter() {
+            if let Some((deadline, _)) = chan.items.front() {
+                let age = expiry.saturating_sub(deadline.saturating_duration_since(now));
+                out.push(ChannelState::new(
+                    &*chan.name,
+                    chan.items.len() as u64,
+                    Some(age),
+                ));
+            }
+        }
+    }
+
     pub(crate) fn queued_len(&mut self, key: &Key<'_>) -> usize {
         self.chan_mut(key).map_or(0, |c| c.items.len())
     }

@@ -57,6 +57,7 @@ use crate::error::{
     BackendError, BackendErrorKind, BuildError, LayerError, ReceiveError, SendError,
     TryReceiveError,
 };
+use crate::inspect::{ChannelState, GroupState, Inspection, MemberState};
 use crate::layer::{BoxFuture, Capabilities, ChannelLayer, GroupSendReport};
 use crate::memory::InMemoryLayer;
 use crate::message::Message;
@@ -1006,20 +1007,36 @@ impl Inner {
     /// for a second page even when the first held everything; under concurrent changes to the
     /// group that second page can repeat members.
     async fn members(&self, group: &str) -> Result<Vec<String>, BackendError> {
+        let filter = subjects::members_filter(&self.groups.name, group);
+        let stream = format!("KV_{}", self.groups.name);
+        let listed = self.subjects_of(&stream, &filter, usize::MAX).await?;
+        let members: BTreeSet<String> = listed
+            .keys()
+            .filter_map(|s| subjects::member_of_subject(s))
+            .collect();
+        Ok(members.into_iter().collect())
+    }
+
+    /// The subjects of `stream` matching `filter`, with their message counts: at most about
+    /// `limit` (whole pages of the server's listing), in one stream-info request per page.
+    async fn subjects_of(
+        &self,
+        stream: &str,
+        filter: &str,
+        limit: usize,
+    ) -> Result<std::collections::BTreeMap<String, u64>, BackendError> {
         // The server gives at most this many subjects per page.
         const PAGE: usize = 100_000;
-        let filter = subjects::members_filter(&self.groups.name, group);
-        let api = format!("$JS.API.STREAM.INFO.KV_{}", self.groups.name);
+        let api = format!("$JS.API.STREAM.INFO.{stream}");
         let listing_failed = |reason: String| {
             BackendError::new(
                 BackendErrorKind::Protocol,
-                format!("listing group {group}: {reason}"),
+                format!("listing {filter} in {stream}: {reason}"),
             )
         };
-        let mut members = BTreeSet::new();
-        let mut offset = 0;
-        loop {
-            let request = serde_json::json!({ "subjects_filter": filter, "offset": offset });
+        let mut listed = std::collections::BTreeMap::new();
+        while listed.len() < limit {
+            let request = serde_json::json!({ "subjects_filter": filter, "offset": listed.len() });
             let reply = self
                 .client
                 .request(api.clone(), Bytes::from(request.to_string()))
@@ -1027,7 +1044,7 @@ impl Inner {
                 .map_err(|e| {
                     failure(
                         BackendErrorKind::Unavailable,
-                        format!("listing group {group}"),
+                        format!("listing {filter} in {stream}"),
                         e,
                     )
                 })?;
@@ -1040,13 +1057,108 @@ impl Inner {
                 Some(serde_json::Value::Object(page)) => page,
                 _ => break,
             };
-            offset += page.len();
-            members.extend(page.keys().filter_map(|s| subjects::member_of_subject(s)));
-            if page.len() < PAGE {
+            let before = listed.len();
+            listed.extend(
+                page.iter()
+                    .map(|(subject, n)| (subject.clone(), n.as_u64().unwrap_or(0))),
+            );
+            // A short page is the last; a page adding nothing new would repeat for ever.
+            if page.len() < PAGE || listed.len() == before {
                 break;
             }
         }
-        Ok(members.into_iter().collect())
+        Ok(listed)
+    }
+
+    /// What the server holds under this prefix (see [`ChannelLayer::inspect`]): the
+    /// subjects of every channel stream with their counts, the oldest message's age for the
+    /// first `limit` of them (a read each), and the group bucket's keys with the age of each
+    /// membership (a read each, for the first `limit` groups).
+    async fn inspect(&self, limit: usize) -> Result<Inspection, BackendError> {
+        let ours = format!("{}_ch_", self.config.prefix);
+        let mut names = Box::pin(self.js.stream_names());
+        let mut streams = Vec::new();
+        while let Some(name) = names.next().await {
+            let name =
+                name.map_err(|e| failure(BackendErrorKind::Unavailable, "listing the streams", e))?;
+            let capacity = name
+                .strip_prefix(&ours)
+                .and_then(|c| c.parse::<usize>().ok());
+            if let Some(capacity) = capacity {
+                streams.push((name, capacity));
+            }
+        }
+        let mut complete = true;
+        let mut channels = Vec::new();
+        for (name, capacity) in streams {
+            let filter = subjects::stream_subjects(&self.config.prefix, capacity);
+            let listed = self
+                .subjects_of(&name, &filter, limit.saturating_add(1))
+                .await?;
+            let stream = self.js.get_stream(&name).await.map_err(|e| {
+                failure(BackendErrorKind::Unavailable, format!("opening {name}"), e)
+            })?;
+            let head = format!("{}.ch.{capacity}.", self.config.prefix);
+            for (subject, queued) in listed {
+                let Some(token) = subject.strip_prefix(&head) else {
+                    continue;
+                };
+                if channels.len() >= limit {
+                    complete = false;
+                    break;
+                }
+                let oldest = match self.first(&stream, &subject).await {
+                    Ok(Some(found)) => {
+                        let age = (wall_clock() - sent_at(&found)).max(0.0);
+                        Some(Duration::from_secs_f64(age.min(1e9)))
+                    }
+                    _ => None,
+                };
+                channels.push(ChannelState::new(token.replace('~', "."), queued, oldest));
+            }
+        }
+        channels.sort_by(|a, b| a.name.cmp(&b.name));
+        let bucket = format!("KV_{}", self.groups.name);
+        let keys = self
+            .subjects_of(&bucket, &format!("$KV.{}.>", self.groups.name), usize::MAX)
+            .await?;
+        let mut groups: std::collections::BTreeMap<String, Vec<MemberState>> = Default::default();
+        for subject in keys.keys() {
+            let (Some(channel), Some(group)) = (
+                subjects::member_of_subject(subject),
+                subjects::group_of_subject(subject),
+            ) else {
+                continue;
+            };
+            if !groups.contains_key(&group) && groups.len() >= limit {
+                complete = false;
+                continue;
+            }
+            let age = match self
+                .groups_stream
+                .get_last_raw_message_by_subject(subject)
+                .await
+            {
+                Ok(found) => {
+                    let age = (wall_clock() - sent_at(&found)).max(0.0);
+                    Some(Duration::from_secs_f64(age.min(1e9)))
+                }
+                Err(_) => None,
+            };
+            groups
+                .entry(group)
+                .or_default()
+                .push(MemberState::new(channel, age));
+        }
+        Ok(Inspection {
+            channels,
+            groups: groups
+                .into_iter()
+                .map(|(name, members)| GroupState::new(name, members))
+                .collect(),
+            metrics: self.metrics(),
+            complete,
+        })
     }
 
     async fn group_send(
@@ -1253,6 +1365,7 @@ impl ChannelLayer for NatsLayer {
             .with_flush(true)
             .with_receive_any_process_channel(true)
             .with_shared_between_layers(true)
+            .with_inspect(true)
     }
 
     fn metrics(&self) -> MetricsSnapshot {
@@ -1318,6 +1431,19 @@ impl ChannelLayer for NatsLayer {
 
     fn flush_async(&self) -> BoxFuture<'_, Result<(), LayerError>> {
         Box::pin(self.inner.flush())
+    }
+
+    fn inspect_async(&self, limit: usize) -> BoxFuture<'_, Result<Inspection, LayerError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if inner.is_closed() {
+                return Err(LayerError::Closed);
+            }
+            let this = inner.clone();
+            rt::run(async move { this.inspect(limit).await })
+                .await
+                .map_err(|e| LayerError::Backend(inner.backend_error(e)))
+        })
     }
 
     fn close(&self) {

@@ -95,6 +95,15 @@ pub(super) fn member_of_subject(subject: &str) -> Option<String> {
     Some(name)
 }
 
+/// The group a member key's subject names, or `None` for a subject of another shape.
+pub(super) fn group_of_subject(subject: &str) -> Option<String> {
+    let mut tokens = subject.rsplit('.');
+    let _channel = tokens.next()?;
+    let group = tokens.next()?.replace('/', ".");
+    crate::name::validate_group(&group).ok()?;
+    Some(group)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +119,7 @@ mod tests {
             assert_eq!(key.matches('.').count(), 1, "{key}");
             let subject = member_subject("asgi_groups", &key);
             assert_eq!(member_of_subject(&subject).as_deref(), Some(channel));
+            assert_eq!(group_of_subject(&subject).as_deref(), Some("room.1"));
             assert!(
                 key.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))

@@ -56,6 +56,7 @@ pub(crate) mod crypto;
 mod demand;
 mod groups;
 mod hash;
+mod inspect;
 mod oneshot;
 mod puller;
 mod receive;
@@ -430,6 +431,7 @@ impl ChannelLayer for RedisLayer {
             .with_groups(true)
             .with_flush(true)
             .with_shared_between_layers(true)
+            .with_inspect(true)
     }
 
     fn metrics(&self) -> MetricsSnapshot {
@@ -547,6 +549,13 @@ impl ChannelLayer for RedisLayer {
 
     fn flush(&self) -> Result<(), LayerError> {
         block_on(self.inner.flush())
+    }
+
+    fn inspect_async(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::inspect::Inspection, LayerError>> {
+        Box::pin(self.inner.inspect(limit))
     }
 
     fn close(&self) {
