@@ -75,6 +75,9 @@ const STREAM_IN_USE: u64 = 10058;
 /// How long a waiting receive goes without a wake-up before it looks at its channel anyway
 /// (a wake-up lost in a reconnect, say).
 const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// How long a receive whose deadline has passed waits for a take already under way.
+const TAKE_GRACE: Duration = Duration::from_millis(200);
+
 /// How many channels' next messages are remembered at most (each is one message's bytes).
 const MAX_NEXT_UP: usize = 1024;
 
@@ -858,7 +861,10 @@ impl Inner {
         let mut pause = RETRY_MIN;
         while !stop.is_set() && !self.is_closed() {
             let changed = self.changed.notified();
-            let (wait, empty) = match self.take(&channel).await {
+            stop.taking.store(true, Ordering::Release);
+            let took = self.take(&channel).await;
+            stop.taking.store(false, Ordering::Release);
+            let (wait, empty) = match took {
                 Ok(Took::One) => return,
                 Ok(Took::Unfinished) => continue,
                 Ok(Took::Nothing) => {
@@ -892,7 +898,10 @@ impl Inner {
             // The first message stored after a look found the channel empty is its oldest:
             // take it by the sequence number its wake-up carries, in one round trip.
             if let (true, Some(message)) = (empty, announced) {
-                match self.take_announced(&channel, &message).await {
+                stop.taking.store(true, Ordering::Release);
+                let took = self.take_announced(&channel, &message).await;
+                stop.taking.store(false, Ordering::Release);
+                match took {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(e) => {
@@ -918,8 +927,28 @@ impl Inner {
         let stop = Arc::new(Stop::default());
         let _leave = StopOnDrop(stop.clone());
         let handle = rt::handle()?;
-        handle.spawn(self.clone().look_for(channel.to_owned(), stop));
-        self.local.receive_until_async(channel, deadline).await
+        handle.spawn(self.clone().look_for(channel.to_owned(), stop.clone()));
+        match self.local.receive_until_async(channel, deadline).await {
+            Err(ReceiveError::Timeout) => {
+                // A take finishing for this receive right now ends within a round trip: wait
+                // that long (at most TAKE_GRACE) so that its message goes to this receiver
+                // instead of waiting in this layer for the channel's next receive.
+                let until = Instant::now() + TAKE_GRACE;
+                while stop.taking.load(Ordering::Acquire) && Instant::now() < until {
+                    let step = Some((Instant::now() + Duration::from_millis(2)).min(until));
+                    match self.local.receive_until_async(channel, step).await {
+                        Err(ReceiveError::Timeout) => {}
+                        other => return other,
+                    }
+                }
+                match self.local.try_receive(channel) {
+                    Ok(message) => Ok(message),
+                    Err(TryReceiveError::Closed) => Err(ReceiveError::Closed),
+                    Err(_) => Err(ReceiveError::Timeout),
+                }
+            }
+            other => other,
+        }
     }
 
     async fn try_receive(self: &Arc<Self>, channel: &str) -> Result<Message, TryReceiveError> {
@@ -1338,6 +1367,10 @@ fn sent_at(found: &jetstream::message::StreamMessage) -> f64 {
 struct Stop {
     set: AtomicBool,
     notify: Notify,
+    /// Set while the task is taking (reading and deleting): a receive whose deadline passes
+    /// meanwhile waits briefly for the outcome rather than leave a message it caused to be
+    /// taken behind in the local buffer.
+    taking: AtomicBool,
 }
 
 impl Stop {
