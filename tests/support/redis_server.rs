@@ -61,6 +61,15 @@ impl Options {
             .and_then(|i| args.get(i + 1).cloned());
         Options { args, password }
     }
+
+    /// Gives `--cluster-port`, if there is one, another free port.
+    fn new_cluster_port(&mut self) {
+        if let Some(i) = self.args.iter().position(|a| a == "--cluster-port") {
+            if let Some(value) = self.args.get_mut(i + 1) {
+                *value = free_port().to_string();
+            }
+        }
+    }
 }
 
 /// One RESP2 reply, as [`RedisServer::query`] returns it.
@@ -166,7 +175,7 @@ impl RedisServer {
     /// `--requirepass secret`, ...). A password set so is used by [`command`](Self::command)
     /// and [`query`](Self::query).
     pub fn start_with(args: &[&str]) -> Option<RedisServer> {
-        let options = Options::new(args);
+        let mut options = Options::new(args);
         let bin = std::env::var(REDIS_SERVER_BIN_ENV).unwrap_or_else(|_| "redis-server".into());
         if let Err(why) = check_binary(&bin) {
             service_missing("redis-server", &why);
@@ -174,7 +183,11 @@ impl RedisServer {
         }
         let dir = fresh_dir();
         let mut last = String::new();
-        for _ in 0..PORT_ATTEMPTS {
+        for attempt in 0..PORT_ATTEMPTS {
+            if attempt > 0 {
+                // The port taken may have been the cluster bus port: pick that afresh too.
+                options.new_cluster_port();
+            }
             let port = free_port();
             match spawn_and_wait(&bin, port, &dir, &options) {
                 Startup::Ready(process) => {
