@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod certs;
+pub mod chat;
 pub mod example;
 pub mod nats_server;
 pub mod python;

@@ -33,7 +33,13 @@ pub use convention::{
 // ===== The venv =====
 
 /// What the venv holds; also the marker file's content, so changing a pin reinstalls.
-pub const PINNED: &[&str] = &["channels==4.3.2", "channels_redis==4.3.0", "cryptography"];
+pub const PINNED: &[&str] = &[
+    "channels==4.3.2",
+    "channels_redis==4.3.0",
+    "cryptography",
+    "django==5.2.19",
+    "daphne==4.2.3",
+];
 
 /// The environment variable naming the Python used to create the venv (default `python3`).
 pub const PYTHON_ENV: &str = "CHANNEL_LAYER_PYTHON";

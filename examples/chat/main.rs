@@ -1,0 +1,374 @@
+//! A websocket chat gateway on the channel layer: the rooms of Django Channels' tutorial chat
+//! app, served by axum, with every message passed through the layer's groups.
+//!
+//! ```text
+//! cargo run --example chat -- [--url memory://] [--listen 127.0.0.1:8000]
+//! ```
+//!
+//! - `GET /` asks for a room name; `GET /chat/<room>/` is the room's page.
+//! - `GET /ws/chat/<room>/` is the room's websocket. Clients send `{"message": "..."}` and
+//!   receive `{"message": "..."}`. Each connection gets its own process-specific channel
+//!   (`new_channel`), joins the group `chat_<room>` and `group_send`s every message it is sent
+//!   as `{"type": "chat.message", "message": "..."}`, which is what the tutorial's consumer
+//!   sends and handles. A connection that closes leaves the group (`group_discard`).
+//! - `GET /stats` returns the layer's counters and the open connections as JSON.
+//!
+//! On `memory://` (the default) this is a complete chat server. With `--url redis://...` (the
+//! `redis` feature) it shares its rooms with a Django Channels app on the same Redis and
+//! prefix: `examples/chat/django` holds one, and README ("A chat gateway beside Django") shows
+//! how to run both halves.
+//!
+//! A slow client never holds up a room: its channel fills while its socket is blocked, and
+//! `group_send` then skips it and counts the skip (`group_skipped_full` in `/stats`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use channel_layer::prelude::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+
+/// The page that asks for a room; shared with the Django project.
+const INDEX_PAGE: &str = include_str!("index.html");
+/// A room's page; shared with the Django project (it finds its room in its own address).
+const ROOM_PAGE: &str = include_str!("room.html");
+/// Replaced in the pages by the name of the server that serves them.
+const SERVER_MARK: &str = "{{ server }}";
+/// The largest websocket message a client may send (a chat line, not a file).
+const MAX_FRAME: usize = 64 * 1024;
+/// The group of a room; the same name as the tutorial's consumer uses.
+const GROUP_PREFIX: &str = "chat_";
+/// The message type of a chat line, handled by the tutorial consumer's `chat_message`.
+const CHAT_MESSAGE: &str = "chat.message";
+
+#[derive(Debug)]
+struct Options {
+    url: String,
+    listen: SocketAddr,
+    name: String,
+}
+
+const USAGE: &str = "usage: chat [--url URL] [--listen ADDR:PORT] [--name TEXT]
+
+  --url URL          the channel layer (default: $CHANNEL_LAYER_URL, else memory://)
+  --listen ADDR:PORT where to serve (default 127.0.0.1:8000; port 0 picks a free one)
+  --name TEXT        the server's name shown on its pages (default: Rust (axum))";
+
+fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        url: std::env::var("CHANNEL_LAYER_URL").unwrap_or_else(|_| "memory://".into()),
+        listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+        name: "Rust (axum)".into(),
+    };
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--url" => options.url = value("--url")?,
+            "--listen" => {
+                let text = value("--listen")?;
+                options.listen = text
+                    .parse()
+                    .map_err(|e| format!("--listen {text:?}: {e} (expected ADDR:PORT)"))?;
+            }
+            "--name" => options.name = value("--name")?,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(options)
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+struct App {
+    layer: AnyLayer,
+    name: String,
+    /// Open websocket connections.
+    connections: AtomicU64,
+    /// Client frames that were not `{"message": <text>}`; answered with an error, not sent.
+    refused_frames: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(problem) => {
+            if !problem.is_empty() {
+                eprintln!("chat: {problem}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    // Building a network layer connects, which blocks: keep it off the async workers.
+    let url = options.url.clone();
+    let layer = match tokio::task::spawn_blocking(move || AnyLayer::from_url(&url)).await {
+        Ok(Ok(layer)) => layer,
+        Ok(Err(e)) => {
+            eprintln!("chat: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("chat: building the layer failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(options.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("chat: cannot listen on {}: {e}", options.listen);
+            std::process::exit(1);
+        }
+    };
+    let app = Arc::new(App {
+        layer,
+        name: options.name,
+        connections: AtomicU64::new(0),
+        refused_frames: AtomicU64::new(0),
+    });
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/chat/{room}/", get(room))
+        .route("/ws/chat/{room}/", get(websocket))
+        .route("/stats", get(stats))
+        .with_state(app.clone());
+    match listener.local_addr() {
+        // Tests read this line to find the port.
+        Ok(addr) => println!("chat: listening on http://{addr}/"),
+        Err(e) => println!("chat: listening ({e})"),
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("chat: server failed: {e}");
+    }
+    // Wake waiting receives (they end with `Closed`) and hand back what is buffered.
+    let layer = app.layer.clone();
+    let _ = tokio::task::spawn_blocking(move || layer.close()).await;
+}
+
+fn page(app: &App, template: &str) -> Response {
+    let body = template.replace(SERVER_MARK, &escape_html(&app.name));
+    ([(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+async fn index(State(app): State<Arc<App>>) -> Response {
+    page(&app, INDEX_PAGE)
+}
+
+async fn room(State(app): State<Arc<App>>, Path(room): Path<String>) -> Response {
+    if let Err(e) = room_group(&room) {
+        return (StatusCode::NOT_FOUND, e).into_response();
+    }
+    page(&app, ROOM_PAGE)
+}
+
+/// The group of `room`, or why the room's name cannot be one.
+fn room_group(room: &str) -> Result<String, String> {
+    let group = format!("{GROUP_PREFIX}{room}");
+    channel_layer::name::validate_group(&group)
+        .map(|()| group)
+        .map_err(|e| format!("no such room {room:?}: {e}"))
+}
+
+async fn websocket(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let group = match room_group(&room) {
+        Ok(group) => group,
+        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
+    };
+    upgrade
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| connection(app, group, socket))
+}
+
+/// One websocket: joins the room's group on its own channel, forwards the channel's chat
+/// messages to the socket and the socket's lines to the group, and leaves when either ends.
+async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
+    let layer = &app.layer;
+    let channel = match layer.new_channel("chat") {
+        Ok(channel) => channel,
+        Err(e) => return refuse(socket, &e.to_string()).await,
+    };
+    if let Err(e) = layer.group_add_async(&group, &channel).await {
+        return refuse(socket, &format!("cannot join {group}: {e}")).await;
+    }
+    app.connections.fetch_add(1, Ordering::Relaxed);
+    let (mut to_client, mut from_client) = socket.split();
+    // The socket's writer is shared: the forwarder sends chat lines, the reader answers
+    // malformed frames. A blocked socket (a slow client) stops only this connection's
+    // forwarder; its channel then fills and the room's group sends skip it.
+    let (errors_tx, mut errors_rx) = tokio::sync::mpsc::channel::<String>(8);
+
+    let forward = async {
+        loop {
+            let frame = tokio::select! {
+                received = layer.receive_async(&channel) => match received {
+                    Ok(message) => match chat_line(&message) {
+                        Some(text) => json!({ "message": text }).to_string(),
+                        None => continue, // not a chat line: nothing to show
+                    },
+                    Err(_) => break, // the layer closed or failed: end the connection
+                },
+                Some(error) = errors_rx.recv() => json!({ "error": error }).to_string(),
+            };
+            if to_client
+                .send(Frame::Text(Utf8Bytes::from(frame)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let read = async {
+        while let Some(Ok(frame)) = from_client.next().await {
+            let text = match frame {
+                Frame::Text(text) => text,
+                Frame::Close(_) => break,
+                _ => continue,
+            };
+            match parse_line(&text) {
+                Ok(line) => {
+                    let message = Message::new(CHAT_MESSAGE).with("message", line);
+                    if let Err(e) = layer.group_send_async(&group, message).await {
+                        let _ = errors_tx.try_send(format!("not sent: {e}"));
+                    }
+                }
+                Err(problem) => {
+                    app.refused_frames.fetch_add(1, Ordering::Relaxed);
+                    let _ = errors_tx.try_send(problem);
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = forward => {}
+        () = read => {}
+    }
+    app.connections.fetch_sub(1, Ordering::Relaxed);
+    if let Err(e) = layer.group_discard_async(&group, &channel).await {
+        eprintln!("chat: leaving {group} failed: {e}");
+    }
+}
+
+/// Closes a socket that could not join its room, saying why.
+async fn refuse(mut socket: WebSocket, why: &str) {
+    eprintln!("chat: refused a connection: {why}");
+    let frame = json!({ "error": why }).to_string();
+    let _ = socket.send(Frame::Text(Utf8Bytes::from(frame))).await;
+    let _ = socket.send(Frame::Close(None)).await;
+}
+
+/// The text of a `chat.message`, if `message` is one.
+fn chat_line(message: &Message) -> Option<&str> {
+    if message.message_type() != Some(CHAT_MESSAGE) {
+        return None;
+    }
+    message.get("message").and_then(Value::as_str)
+}
+
+/// The line in a client frame `{"message": "..."}`, or what is wrong with the frame.
+fn parse_line(frame: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(frame).map_err(|e| format!("not JSON: {e}"))?;
+    match value.get("message") {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        _ => Err("expected {\"message\": <text>}".into()),
+    }
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    let m = app.layer.metrics();
+    let mut body = json!({
+        "connections": app.connections.load(Ordering::Relaxed),
+        "refused_frames": app.refused_frames.load(Ordering::Relaxed),
+        "sent": m.sent,
+        "received": m.received,
+        "rejected_full": m.rejected_full,
+        "expired": m.expired,
+        "group_sends": m.group_sends,
+        "group_deliveries": m.group_deliveries,
+        "group_skipped_full": m.group_skipped_full,
+        "group_skipped_failed": m.group_skipped_failed,
+        "lost": m.lost,
+    });
+    if app.layer.capabilities().inspect {
+        // Members per group, for whoever watches the rooms.
+        if let Ok(inspection) = app.layer.inspect_async(1000).await {
+            let groups: serde_json::Map<String, serde_json::Value> = inspection
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), json!(g.members.len())))
+                .collect();
+            body["groups"] = serde_json::Value::Object(groups);
+        }
+    }
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_objects_with_a_text_message() {
+        assert_eq!(parse_line(r#"{"message": "hi"}"#), Ok("hi".into()));
+        assert!(parse_line("hi").unwrap_err().starts_with("not JSON"));
+        assert!(parse_line(r#"{"message": 3}"#).is_err());
+        assert!(parse_line(r#"{"text": "hi"}"#).is_err());
+    }
+
+    #[test]
+    fn rooms_are_group_names() {
+        assert_eq!(room_group("lobby"), Ok("chat_lobby".into()));
+        assert!(room_group("a room").is_err());
+        assert!(room_group(&"x".repeat(200)).is_err());
+    }
+
+    #[test]
+    fn only_chat_messages_are_shown() {
+        let line = Message::new(CHAT_MESSAGE).with("message", "hi");
+        assert_eq!(chat_line(&line), Some("hi"));
+        assert_eq!(
+            chat_line(&Message::new("other").with("message", "hi")),
+            None
+        );
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        assert_eq!(escape_html("<a&'\">"), "&lt;a&amp;&#39;&quot;&gt;");
+    }
+}
