@@ -452,6 +452,29 @@ fn out_of_range_options_in_the_url_are_errors_naming_them() {
 
 /// One run listens on a process-specific channel of the layer at `url` and prints its name;
 /// another run sends to that name; the listener prints the message and exits.
+#[test]
+fn inspect_and_stats_on_an_empty_memory_layer() {
+    // Each run has its own in-memory layer, so what it holds is known: nothing.
+    let run = memory(&["inspect", "--json"]);
+    assert_ok(&run);
+    let seen: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(seen["channels"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["groups"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["complete"], true, "{seen}");
+    assert_eq!(seen["metrics"]["sent"], 0, "{seen}");
+    let run = memory(&["inspect"]);
+    assert_ok(&run);
+    assert!(
+        run.stdout.contains("process channels (0)") && run.stdout.contains("groups (0)"),
+        "{}",
+        run.stdout
+    );
+    let run = memory(&["stats", "--json"]);
+    assert_ok(&run);
+    let stats: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(stats["received"], 0, "{stats}");
+}
+
 #[cfg(any(feature = "redis", feature = "nats"))]
 fn listen_then_send(url: &str) {
     use std::io::{BufRead, BufReader};
@@ -501,6 +524,56 @@ mod redis {
 
     fn on(url: &str, args: &[&str]) -> Run {
         cli(&[&["--url", url][..], args].concat())
+    }
+
+    #[test]
+    fn inspect_shows_channels_process_channels_and_groups() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let url = server.url();
+        for _ in 0..2 {
+            assert_ok(&on(&url, &["send", "jobs.new", r#"{"type":"job"}"#]));
+        }
+        for channel in ["specific.proc1!a", "specific.proc1!b", "specific.proc1!a"] {
+            assert_ok(&on(&url, &["send", channel, r#"{"type":"reply"}"#]));
+        }
+        for member in ["specific.proc1!a", "jobs.new"] {
+            assert_ok(&on(&url, &["group-add", "room", member]));
+        }
+        let run = on(&url, &["inspect", "--json"]);
+        assert_ok(&run);
+        let seen: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        let channels = seen["channels"].as_array().expect("channels");
+        let jobs = channels
+            .iter()
+            .find(|c| c["name"] == "jobs.new")
+            .unwrap_or_else(|| panic!("jobs.new listed: {seen}"));
+        assert_eq!(jobs["queued"], 2, "{seen}");
+        assert!(jobs["oldest_age_secs"].as_f64().is_some(), "{seen}");
+        // A process's channels share one Redis key, listed under the process.
+        let process = channels
+            .iter()
+            .find(|c| c["process"] == "specific.proc1!")
+            .unwrap_or_else(|| panic!("the process's channels listed: {seen}"));
+        assert_eq!(process["queued"], 3, "{seen}");
+        let room = &seen["groups"][0];
+        assert_eq!(room["name"], "room", "{seen}");
+        let mut members: Vec<&str> = room["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["channel"].as_str().unwrap())
+            .collect();
+        members.sort_unstable();
+        assert_eq!(members, ["jobs.new", "specific.proc1!a"], "{seen}");
+        assert!(room["members"][0]["age_secs"].as_f64().is_some(), "{seen}");
+
+        let run = on(&url, &["inspect"]);
+        assert_ok(&run);
+        for shown in ["jobs.new", "specific.proc1!", "room (2 members)"] {
+            assert!(run.stdout.contains(shown), "{shown}: {}", run.stdout);
+        }
     }
 
     #[test]
