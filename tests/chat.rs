@@ -200,6 +200,19 @@ async fn a_slow_client_is_skipped_and_counted_and_holds_up_nobody() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_renews_its_membership_before_it_lapses() {
+    // Memberships lapse one second after the latest group_add; connections renew every 0.2 s.
+    let server = ChatServer::start_with("memory://?group_expiry=1", &["--renew", "0.2"]);
+    let mut ada = join(&server.room_socket("lobby")).await;
+    let mut bob = join(&server.room_socket("lobby")).await;
+    wait_for_members(&server, "chat_lobby", 2).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    say(&mut ada, "still in?").await;
+    assert_eq!(next_line(&mut ada).await, "still in?");
+    assert_eq!(next_line(&mut bob).await, "still in?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_lines_are_answered_with_an_error_and_not_sent() {
     let server = ChatServer::start("memory://");
     let mut ada = join(&server.room_socket("lobby")).await;

@@ -24,6 +24,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -53,19 +54,24 @@ struct Options {
     url: String,
     listen: SocketAddr,
     name: String,
+    renew: Duration,
 }
 
-const USAGE: &str = "usage: chat [--url URL] [--listen ADDR:PORT] [--name TEXT]
+const USAGE: &str = "usage: chat [--url URL] [--listen ADDR:PORT] [--name TEXT] [--renew SECS]
 
   --url URL          the channel layer (default: $CHANNEL_LAYER_URL, else memory://)
   --listen ADDR:PORT where to serve (default 127.0.0.1:8000; port 0 picks a free one)
-  --name TEXT        the server's name shown on its pages (default: Rust (axum))";
+  --name TEXT        the server's name shown on its pages (default: Rust (axum))
+  --renew SECS       how often an open connection renews its group membership, which lapses
+                     group_expiry after the latest group_add (default 60; keep it below
+                     the layer's group_expiry)";
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         url: std::env::var("CHANNEL_LAYER_URL").unwrap_or_else(|_| "memory://".into()),
         listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
         name: "Rust (axum)".into(),
+        renew: Duration::from_secs(60),
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -79,6 +85,15 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                     .map_err(|e| format!("--listen {text:?}: {e} (expected ADDR:PORT)"))?;
             }
             "--name" => options.name = value("--name")?,
+            "--renew" => {
+                let text = value("--renew")?;
+                options.renew = text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|secs| secs.is_finite() && *secs >= 0.01 && *secs <= 86_400.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| format!("--renew {text:?}: expected seconds, 0.01 to 86400"))?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -91,6 +106,7 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
 struct App {
     layer: AnyLayer,
     name: String,
+    renew: Duration,
     /// Open websocket connections.
     connections: AtomicU64,
     /// Client frames that were not `{"message": <text>}`; answered with an error, not sent.
@@ -132,6 +148,7 @@ async fn main() {
     let app = Arc::new(App {
         layer,
         name: options.name,
+        renew: options.renew,
         connections: AtomicU64::new(0),
         refused_frames: AtomicU64::new(0),
     });
@@ -216,9 +233,20 @@ async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
     // forwarder; its channel then fills and the room's group sends skip it.
     let (errors_tx, mut errors_rx) = tokio::sync::mpsc::channel::<String>(8);
 
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + app.renew, app.renew);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let forward = async {
         loop {
             let frame = tokio::select! {
+                _ = renew.tick() => {
+                    // Membership lapses group_expiry after the latest group_add: renew it
+                    // while the socket is open.
+                    if let Err(e) = layer.group_add_async(&group, &channel).await {
+                        eprintln!("chat: renewing {channel} in {group} failed: {e}");
+                    }
+                    continue;
+                }
                 received = layer.receive_async(&channel) => match received {
                     Ok(message) => match chat_line(&message) {
                         Some(text) => json!({ "message": text }).to_string(),

@@ -40,9 +40,15 @@ impl ChatServer {
     ///
     /// When it cannot be built or does not start (with what it printed).
     pub fn start(url: &str) -> ChatServer {
+        ChatServer::start_with(url, &[])
+    }
+
+    /// As [`start`](Self::start), with more of the example's arguments.
+    pub fn start_with(url: &str, args: &[&str]) -> ChatServer {
         let binary = super::example::example_binary("chat");
         let mut child = Command::new(binary)
             .args(["--url", url, "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
