@@ -16,9 +16,15 @@ use crate::name::non_local_name;
 impl Inner {
     /// Takes a message a puller got from Redis. If the receiver it was taken for has gone in the
     /// meantime, it is not kept here (`false`: the puller puts it back where it was, score and
-    /// all, so it keeps its place); otherwise as [`Inner::arrived`].
+    /// all, so it keeps its place); otherwise as [`Inner::arrived`]. A message whose score says
+    /// it has expired is dropped and counted either way: putting it back would only have it met
+    /// (and counted) by a later receive.
     pub(crate) fn pulled(&self, from: &Pulled, member: &[u8], score: f64) -> bool {
         if !self.is_wanted(from) {
+            if score + self.expiry_secs() <= wall_clock() {
+                Counters::add(&self.counters.expired, 1);
+                return true;
+            }
             return false;
         }
         self.arrived(from, member, score);
