@@ -103,6 +103,16 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one finished `group_send` from its report: one send, and its deliveries and
+    /// skipped members.
+    pub fn group_send(&self, report: &crate::GroupSendReport) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Counters::add(&self.group_sends, 1);
+        Counters::add(&self.group_deliveries, count(report.delivered));
+        Counters::add(&self.group_skipped_full, count(report.skipped_full));
+        Counters::add(&self.group_skipped_failed, count(report.skipped_failed));
+    }
+
     /// The counters, with the gauges left at zero.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

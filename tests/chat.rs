@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::chat::ChatServer;
+use support::chat::{ChatServer, Site};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -62,20 +62,6 @@ async fn hears_nothing(socket: &mut Socket, within: Duration) {
 }
 
 /// Waits until the gateway's `/stats` reports `members` members in `group`.
-async fn wait_for_members(server: &ChatServer, group: &str, members: u64) -> Value {
-    let started = Instant::now();
-    loop {
-        let stats = tokio::task::block_in_place(|| server.stats());
-        if stats["groups"][group].as_u64().unwrap_or(0) == members {
-            return stats;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{group} never had {members} members: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[test]
 fn the_pages_are_served_and_bad_rooms_refused() {
@@ -101,8 +87,8 @@ async fn a_line_reaches_every_member_of_its_room_and_no_other() {
     let mut ada = join(&server.room_socket("lobby")).await;
     let mut bob = join(&server.room_socket("lobby")).await;
     let mut cy = join(&server.room_socket("kitchen")).await;
-    wait_for_members(&server, "chat_lobby", 2).await;
-    wait_for_members(&server, "chat_kitchen", 1).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
+    server.wait_for_members("chat_kitchen", 1, PATIENCE).await;
 
     say(&mut ada, "hello, lobby").await;
     assert_eq!(
@@ -127,11 +113,11 @@ async fn a_closed_socket_leaves_its_group() {
     let server = ChatServer::start("memory://");
     let mut ada = join(&server.room_socket("lobby")).await;
     let mut bob = join(&server.room_socket("lobby")).await;
-    wait_for_members(&server, "chat_lobby", 2).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
 
     bob.close(None).await.expect("close");
     drop(bob);
-    let stats = wait_for_members(&server, "chat_lobby", 1).await;
+    let stats = server.wait_for_members("chat_lobby", 1, PATIENCE).await;
     assert_eq!(stats["connections"], 1, "{stats}");
 
     say(&mut ada, "anyone?").await;
@@ -142,9 +128,9 @@ async fn a_closed_socket_leaves_its_group() {
 
     // A socket cut without a close frame leaves too.
     let cy = join(&server.room_socket("lobby")).await;
-    wait_for_members(&server, "chat_lobby", 2).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
     drop(cy);
-    wait_for_members(&server, "chat_lobby", 1).await;
+    server.wait_for_members("chat_lobby", 1, PATIENCE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,14 +141,14 @@ async fn a_slow_client_is_skipped_and_counted_and_holds_up_nobody() {
 
     // A client that never reads, with a small receive window: once its socket is full, the
     // gateway's writes to it block, and its channel fills.
-    let addr: std::net::SocketAddr = server.base_url()["http://".len()..].parse().unwrap();
+    let addr = server.addr();
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
     tcp.set_recv_buffer_size(4096).unwrap();
     let stream = tcp.connect(addr).await.expect("connect");
     let (slow, _) = tokio_tungstenite::client_async(server.room_socket("lobby"), stream)
         .await
         .expect("the slow client joins");
-    wait_for_members(&server, "chat_lobby", 2).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
 
     // Ada says a line and waits to hear it before the next, so her own channel never holds
     // more than one: every skip is the slow client's.
@@ -205,7 +191,7 @@ async fn an_open_connection_renews_its_membership_before_it_lapses() {
     let server = ChatServer::start_with("memory://?group_expiry=1", &["--renew", "0.2"]);
     let mut ada = join(&server.room_socket("lobby")).await;
     let mut bob = join(&server.room_socket("lobby")).await;
-    wait_for_members(&server, "chat_lobby", 2).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     say(&mut ada, "still in?").await;
     assert_eq!(next_line(&mut ada).await, "still in?");
@@ -217,7 +203,7 @@ async fn malformed_lines_are_answered_with_an_error_and_not_sent() {
     let server = ChatServer::start("memory://");
     let mut ada = join(&server.room_socket("lobby")).await;
     let mut bob = join(&server.room_socket("lobby")).await;
-    wait_for_members(&server, "chat_lobby", 2).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
     for bad in ["hello", r#"{"message": 3}"#, r#"{"text": "hi"}"#] {
         ada.send(Frame::text(bad)).await.unwrap();
         let answer = next_frame(&mut ada).await;
@@ -247,7 +233,7 @@ mod with_django {
         let mut on_rust = join(&rust.room_socket("lobby")).await;
         let mut on_django = join(&django.room_socket("lobby")).await;
         // The gateway lists the group from Redis: both halves' members are in it.
-        wait_for_members(&rust, "chat_lobby", 2).await;
+        rust.wait_for_members("chat_lobby", 2, PATIENCE).await;
 
         say(&mut on_rust, "from rust").await;
         assert_eq!(next_line(&mut on_rust).await, "from rust");
@@ -266,7 +252,7 @@ mod with_django {
 
         // Django's consumer leaves the group when its socket closes.
         on_django.close(None).await.unwrap();
-        wait_for_members(&rust, "chat_lobby", 1).await;
+        rust.wait_for_members("chat_lobby", 1, PATIENCE).await;
         say(&mut on_rust, "alone").await;
         assert_eq!(next_line(&mut on_rust).await, "alone");
     }

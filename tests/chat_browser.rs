@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
-use support::chat::ChatServer;
+use support::chat::{ChatServer, Site};
 use support::redis_server::free_port;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -174,17 +174,6 @@ impl Browser {
 }
 
 /// Waits until the gateway reports `members` members in `group`.
-async fn wait_for_members(server: &ChatServer, group: &str, members: u64) {
-    let started = Instant::now();
-    loop {
-        let stats = tokio::task::block_in_place(|| server.stats());
-        if stats["groups"][group].as_u64().unwrap_or(0) == members {
-            return;
-        }
-        assert!(started.elapsed() < PATIENCE, "{group}: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Shows two screenshots side by side, each with a caption, and screenshots that.
 async fn side_by_side(viewer: &Browser, left: (&str, &Path), right: (&str, &Path), out: &Path) {
@@ -226,7 +215,7 @@ async fn two_pages_on_the_rust_gateway_chat_in_one_room() {
     let bob = driver.browser(560, 620).await;
     ada.open_room(&room).await;
     bob.open_room(&room).await;
-    wait_for_members(&server, "chat_lobby", 2).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
 
     ada.say("hello from ada").await;
     ada.wait_for_lines("ada's page", &["hello from ada"]).await;
@@ -242,7 +231,7 @@ async fn two_pages_on_the_rust_gateway_chat_in_one_room() {
     ada.close().await;
     bob.close().await;
     // Both pages left the room when their browsers closed.
-    wait_for_members(&server, "chat_lobby", 0).await;
+    server.wait_for_members("chat_lobby", 0, PATIENCE).await;
 }
 
 #[cfg(feature = "redis")]
@@ -270,7 +259,7 @@ async fn a_page_on_rust_and_a_page_on_django_chat_in_one_room() {
         .open_room(&format!("{}/chat/lobby/", django.base_url()))
         .await;
     // The gateway reads the group from Redis: the Django page's channel is in it too.
-    wait_for_members(&rust, "chat_lobby", 2).await;
+    rust.wait_for_members("chat_lobby", 2, PATIENCE).await;
 
     on_rust.say("Hello from the Rust gateway").await;
     let first = ["Hello from the Rust gateway"];
@@ -301,5 +290,5 @@ async fn a_page_on_rust_and_a_page_on_django_chat_in_one_room() {
     )
     .await;
     viewer.close().await;
-    wait_for_members(&rust, "chat_lobby", 0).await;
+    rust.wait_for_members("chat_lobby", 0, PATIENCE).await;
 }

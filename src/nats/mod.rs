@@ -1211,16 +1211,7 @@ impl Inner {
         let report = rt::run(async move { inner.deliver_to_group(&group, payload).await })
             .await
             .map_err(|e| LayerError::Backend(self.backend_error(e)))?;
-        Counters::add(&self.counters.group_sends, 1);
-        Counters::add(&self.counters.group_deliveries, report.delivered as u64);
-        Counters::add(
-            &self.counters.group_skipped_full,
-            report.skipped_full as u64,
-        );
-        Counters::add(
-            &self.counters.group_skipped_failed,
-            report.skipped_failed as u64,
-        );
+        self.counters.group_send(&report);
         Ok(report)
     }
 

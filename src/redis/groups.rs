@@ -151,19 +151,6 @@ impl Inner {
             .collect())
     }
 
-    pub(super) fn count_group_send(&self, report: &GroupSendReport) {
-        Counters::add(&self.counters.group_sends, 1);
-        Counters::add(&self.counters.group_deliveries, report.delivered as u64);
-        Counters::add(
-            &self.counters.group_skipped_full,
-            report.skipped_full as u64,
-        );
-        Counters::add(
-            &self.counters.group_skipped_failed,
-            report.skipped_failed as u64,
-        );
-    }
-
     /// Reads the members, then delivers one bundled copy per channel key, per server. A
     /// member whose key holds another type of data is skipped and reported
     /// ([`GroupSendReport::skipped_failed`]); the others still get the message.
@@ -216,7 +203,7 @@ impl Inner {
                 }
             }
         }
-        self.count_group_send(&report);
+        self.counters.group_send(&report);
         Ok(report)
     }
 
@@ -322,7 +309,7 @@ impl Inner {
         let _ = group;
         Counters::add(&self.counters.backend_errors, failed_keys);
         self.note_replication(&wait_reply, report.delivered as u64);
-        self.count_group_send(&report);
+        self.counters.group_send(&report);
         Ok(report)
     }
 

@@ -84,16 +84,6 @@ impl ChatServer {
         }
     }
 
-    /// `http://ADDR`, without a trailing slash.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `ws://ADDR/ws/chat/<room>/`.
-    pub fn room_socket(&self, room: &str) -> String {
-        format!("ws://{}/ws/chat/{room}/", self.addr)
-    }
-
     /// The example's `/stats`.
     pub fn stats(&self) -> serde_json::Value {
         let (status, body) = http_get(self.addr, "/stats");
@@ -104,6 +94,60 @@ impl ChatServer {
     /// GET `path` from the example: status and body.
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path)
+    }
+
+    /// Waits (within `patience`) until `/stats` shows `members` members in `group`, and returns
+    /// those stats. For a multi-threaded tokio test.
+    ///
+    /// # Panics
+    ///
+    /// When the group does not reach that size in time (with the last stats seen).
+    pub async fn wait_for_members(
+        &self,
+        group: &str,
+        members: u64,
+        patience: Duration,
+    ) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let stats = tokio::task::block_in_place(|| self.stats());
+            if stats["groups"][group].as_u64().unwrap_or(0) == members {
+                return stats;
+            }
+            assert!(
+                started.elapsed() < patience,
+                "{group} never had {members} members: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A chat site listening on loopback: the Rust example or the Django project.
+pub trait Site {
+    /// Where it listens.
+    fn addr(&self) -> SocketAddr;
+
+    /// `http://ADDR`, without a trailing slash.
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// `ws://ADDR/ws/chat/<room>/`.
+    fn room_socket(&self, room: &str) -> String {
+        format!("ws://{}/ws/chat/{room}/", self.addr())
+    }
+}
+
+impl Site for ChatServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Site for DjangoChat {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
@@ -168,16 +212,6 @@ impl DjangoChat {
             addr,
             _process: process,
         })
-    }
-
-    /// `http://ADDR`, without a trailing slash.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `ws://ADDR/ws/chat/<room>/`.
-    pub fn room_socket(&self, room: &str) -> String {
-        format!("ws://{}/ws/chat/{room}/", self.addr)
     }
 }
 

@@ -16,6 +16,11 @@ use crate::testing::driver::{Ctx, Driver, Need, config, join_all};
 /// How long a consumer waits for a message before checking whether the producers are done.
 const POLL: Duration = Duration::from_millis(20);
 
+/// How long a consumer waits once the producers are done before it takes the channel for
+/// empty: long enough for a network backend on a loaded machine to fetch what is still
+/// queued on the server (a receive returns as soon as a message comes, so this is waited once).
+const SETTLE: Duration = Duration::from_secs(1);
+
 fn stamped(kind: &str, source: i64, seq: i64) -> Message {
     Message::new(kind).with("source", source).with("seq", seq)
 }
@@ -30,13 +35,14 @@ fn stamp(message: &Message) -> (i64, i64) {
     (get("source"), get("seq"))
 }
 
-/// Receives on `channel` until a receive times out after `done` was set.
+/// Receives on `channel` until a receive of [`SETTLE`] times out after `done` was set.
 async fn consume(d: &Driver, channel: &str, done: &AtomicBool) -> Vec<(i64, i64)> {
     let mut seen = Vec::new();
     loop {
         // Read the flag before waiting: a timeout after it was set means nothing is left.
         let finished = done.load(Ordering::SeqCst);
-        match d.receive_timeout(channel, POLL).await {
+        let wait = if finished { SETTLE } else { POLL };
+        match d.receive_timeout(channel, wait).await {
             Ok(message) => seen.push(stamp(&message)),
             Err(ReceiveError::Timeout) if finished => return seen,
             Err(ReceiveError::Timeout) => {}
