@@ -61,8 +61,6 @@ async fn hears_nothing(socket: &mut Socket, within: Duration) {
     }
 }
 
-/// Waits until the gateway's `/stats` reports `members` members in `group`.
-
 #[test]
 fn the_pages_are_served_and_bad_rooms_refused() {
     let server = ChatServer::start("memory://");

@@ -173,8 +173,6 @@ impl Browser {
     }
 }
 
-/// Waits until the gateway reports `members` members in `group`.
-
 /// Shows two screenshots side by side, each with a caption, and screenshots that.
 async fn side_by_side(viewer: &Browser, left: (&str, &Path), right: (&str, &Path), out: &Path) {
     let figure = |(caption, image): (&str, &Path)| {
