@@ -1,5 +1,6 @@
 //! The chat gateway example (`examples/chat`) driven by websocket clients, without a browser:
-//! joining a room, leaving it, a slow client skipped and counted, malformed lines refused, and
+//! joining a room, leaving it, a slow client skipped and counted, a silent client let go,
+//! malformed lines refused, and
 //! (with the `redis` feature) one room shared with the Django project of `examples/chat/django`
 //! running the Channels tutorial's consumer under daphne.
 
@@ -194,6 +195,39 @@ async fn an_open_connection_renews_its_membership_before_it_lapses() {
     say(&mut ada, "still in?").await;
     assert_eq!(next_line(&mut ada).await, "still in?");
     assert_eq!(next_line(&mut bob).await, "still in?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_let_go_and_leaves_its_room_while_a_live_one_stays() {
+    // Pings every 0.2 s; a client silent for two of them is closed.
+    let server = ChatServer::start_with("memory://", &["--ping", "0.2"]);
+    let mut ada = join(&server.room_socket("lobby")).await;
+    // Connected, then never read from nor written to: its pings go unanswered.
+    let silent = join(&server.room_socket("lobby")).await;
+    server.wait_for_members("chat_lobby", 2, PATIENCE).await;
+    // Ada reads (and so answers pings) for well over two intervals.
+    let mut pings = 0;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while let Ok(frame) = tokio::time::timeout_at(until.into(), ada.next()).await {
+        match frame
+            .expect("ada's socket stays open")
+            .expect("a well-formed frame")
+        {
+            Frame::Ping(_) => pings += 1,
+            Frame::Close(why) => panic!("a client that answers pings was closed: {why:?}"),
+            _ => {}
+        }
+    }
+    assert!(
+        pings >= 3,
+        "ada saw {pings} pings in 1.5 s at one per 0.2 s"
+    );
+    let stats = server.wait_for_members("chat_lobby", 1, PATIENCE).await;
+    assert_eq!(stats["timed_out"], 1, "{stats}");
+    assert_eq!(stats["connections"], 1, "{stats}");
+    say(&mut ada, "still here").await;
+    assert_eq!(next_line(&mut ada).await, "still here");
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,9 +24,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -55,16 +56,21 @@ struct Options {
     listen: SocketAddr,
     name: String,
     renew: Duration,
+    ping: Duration,
 }
 
 const USAGE: &str = "usage: chat [--url URL] [--listen ADDR:PORT] [--name TEXT] [--renew SECS]
+            [--ping SECS]
 
   --url URL          the channel layer (default: $CHANNEL_LAYER_URL, else memory://)
   --listen ADDR:PORT where to serve (default 127.0.0.1:8000; port 0 picks a free one)
   --name TEXT        the server's name shown on its pages (default: Rust (axum))
   --renew SECS       how often an open connection renews its group membership, which lapses
                      group_expiry after the latest group_add (default 60; keep it below
-                     the layer's group_expiry)";
+                     the layer's group_expiry)
+  --ping SECS        how often a connection is pinged; one that sends nothing (not even the
+                     pong a browser answers with) for two of these is closed and leaves its
+                     room (default 20)";
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
@@ -72,6 +78,7 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
         name: "Rust (axum)".into(),
         renew: Duration::from_secs(60),
+        ping: Duration::from_secs(20),
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -85,20 +92,22 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                     .map_err(|e| format!("--listen {text:?}: {e} (expected ADDR:PORT)"))?;
             }
             "--name" => options.name = value("--name")?,
-            "--renew" => {
-                let text = value("--renew")?;
-                options.renew = text
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|secs| secs.is_finite() && *secs >= 0.01 && *secs <= 86_400.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| format!("--renew {text:?}: expected seconds, 0.01 to 86400"))?;
-            }
+            "--renew" => options.renew = seconds("--renew", &value("--renew")?)?,
+            "--ping" => options.ping = seconds("--ping", &value("--ping")?)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(options)
+}
+
+/// A duration flag's value: seconds, 0.01 to 86400.
+fn seconds(flag: &str, text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.01 && *secs <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag} {text:?}: expected seconds, 0.01 to 86400"))
 }
 
 /// What every request handler shares.
@@ -107,8 +116,12 @@ struct App {
     layer: AnyLayer,
     name: String,
     renew: Duration,
+    ping: Duration,
     /// Open websocket connections.
     connections: AtomicU64,
+    /// Connections closed because the client went silent (no frame, not even a pong, for two
+    /// ping intervals).
+    timed_out: AtomicU64,
     /// Client frames that were not `{"message": <text>}`; answered with an error, not sent.
     refused_frames: AtomicU64,
 }
@@ -149,7 +162,9 @@ async fn main() {
         layer,
         name: options.name,
         renew: options.renew,
+        ping: options.ping,
         connections: AtomicU64::new(0),
+        timed_out: AtomicU64::new(0),
         refused_frames: AtomicU64::new(0),
     });
     let router = Router::new()
@@ -235,6 +250,12 @@ async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
 
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + app.renew, app.renew);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + app.ping, app.ping);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the client was last heard from, in milliseconds since the connection opened.
+    let opened = Instant::now();
+    let heard = AtomicU64::new(0);
+    let since_opened = || u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
 
     let forward = async {
         loop {
@@ -244,6 +265,13 @@ async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
                     // while the socket is open.
                     if let Err(e) = layer.group_add_async(&group, &channel).await {
                         eprintln!("chat: renewing {channel} in {group} failed: {e}");
+                    }
+                    continue;
+                }
+                _ = ping.tick() => {
+                    // Browsers answer pings by themselves; the pong keeps the socket alive.
+                    if to_client.send(Frame::Ping(Bytes::new())).await.is_err() {
+                        break;
                     }
                     continue;
                 }
@@ -267,6 +295,7 @@ async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
     };
     let read = async {
         while let Some(Ok(frame)) = from_client.next().await {
+            heard.store(since_opened(), Ordering::Relaxed);
             let text = match frame {
                 Frame::Text(text) => text,
                 Frame::Close(_) => break,
@@ -286,9 +315,22 @@ async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
             }
         }
     };
+    // A client that has gone without a word (a pulled cable, a suspended laptop) is let go,
+    // even while the forwarder is stuck writing to it, so its membership does not linger.
+    let watchdog = async {
+        let silence = u64::try_from((app.ping * 2).as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(app.ping / 2).await;
+            if since_opened().saturating_sub(heard.load(Ordering::Relaxed)) > silence {
+                app.timed_out.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    };
     tokio::select! {
         () = forward => {}
         () = read => {}
+        () = watchdog => {}
     }
     app.connections.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = layer.group_discard_async(&group, &channel).await {
@@ -327,6 +369,7 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
     let mut body = json!({
         "connections": app.connections.load(Ordering::Relaxed),
         "refused_frames": app.refused_frames.load(Ordering::Relaxed),
+        "timed_out": app.timed_out.load(Ordering::Relaxed),
         "sent": m.sent,
         "received": m.received,
         "rejected_full": m.rejected_full,
