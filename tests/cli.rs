@@ -527,6 +527,68 @@ mod redis {
     }
 
     #[test]
+    fn watch_prints_again_every_second_and_shows_what_changed() {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        use std::sync::mpsc;
+        use std::time::{Duration, Instant};
+
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let url = server.url();
+        let mut watch = Command::new(cli_binary())
+            .args(["--url", url.as_str(), "inspect", "--json", "--watch"])
+            .env_remove("CHANNEL_LAYER_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the cli runs");
+        let stdout = watch.stdout.take().expect("piped");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send((Instant::now(), line));
+            }
+        });
+        let next = || {
+            let (at, line) = lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("another snapshot within 10 s");
+            let seen: serde_json::Value = serde_json::from_str(&line).expect("one JSON per line");
+            (at, seen)
+        };
+        let queued = |seen: &serde_json::Value| {
+            seen["channels"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["name"] == "jobs.watched"))
+                .map_or(0, |c| c["queued"].as_u64().unwrap_or(0))
+        };
+        let (first_at, first) = next();
+        assert_eq!(queued(&first), 0, "{first}");
+        assert_ok(&on(&url, &["send", "jobs.watched", r#"{"type":"job"}"#]));
+        // A later snapshot shows the message, each about a second after the one before.
+        let mut last_at = first_at;
+        let mut shown = false;
+        for _ in 0..5 {
+            let (at, seen) = next();
+            let gap = at - last_at;
+            assert!(
+                gap >= Duration::from_millis(800) && gap < Duration::from_secs(5),
+                "snapshots {gap:?} apart"
+            );
+            last_at = at;
+            if queued(&seen) == 1 {
+                shown = true;
+                break;
+            }
+        }
+        let _ = watch.kill();
+        let _ = watch.wait();
+        assert!(shown, "--watch never showed the message sent meanwhile");
+    }
+
+    #[test]
     fn inspect_shows_channels_process_channels_and_groups() {
         let Some(server) = RedisServer::start() else {
             return;
