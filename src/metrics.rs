@@ -97,6 +97,20 @@ pub struct Counters {
     pub unreplicated: AtomicU64,
 }
 
+impl MetricsSnapshot {
+    /// A network backend's counters joined with those of the in-memory buffer its receivers
+    /// are served from: what was received, expired or flushed there, and its gauges.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) fn with_local_buffer(mut self, local: &MetricsSnapshot) -> MetricsSnapshot {
+        self.received = local.received;
+        self.expired += local.expired;
+        self.flushed += local.flushed;
+        self.queued_messages = local.queued_messages;
+        self.channels = local.channels;
+        self
+    }
+}
+
 impl Counters {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {

@@ -1337,14 +1337,9 @@ impl Inner {
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        let mut snap = self.counters.snapshot();
-        let local = self.local.metrics();
-        snap.received = local.received;
-        snap.expired += local.expired;
-        snap.flushed += local.flushed;
-        snap.queued_messages = local.queued_messages;
-        snap.channels = local.channels;
-        snap
+        self.counters
+            .snapshot()
+            .with_local_buffer(&self.local.metrics())
     }
 }
 

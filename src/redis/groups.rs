@@ -325,6 +325,24 @@ impl Inner {
 
     // ===== flush =====
 
+    /// One page of `SCAN` on `server` for keys matching `pattern`, from `cursor`: the next
+    /// cursor (0 at the end) and the keys.
+    pub(super) async fn scan_page(
+        &self,
+        server: usize,
+        pattern: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>), LayerError> {
+        let mut scan = ::redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let reply = one_value(self.exec(server, vec![scan]).await?, "scan")?;
+        Ok(scanned(reply)?)
+    }
+
     pub(super) async fn flush(&self) -> Result<(), LayerError> {
         self.check_open()?;
         let pattern = format!("{}*", self.config.prefix);
@@ -333,14 +351,7 @@ impl Inner {
         for server in 0..self.servers.len() {
             let mut cursor = 0u64;
             loop {
-                let mut scan = ::redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000);
-                let reply = one_value(self.exec(server, vec![scan]).await?, "scan")?;
-                let (next, keys) = scanned(reply)?;
+                let (next, keys) = self.scan_page(server, &pattern, cursor).await?;
                 // On a cluster a script may touch one slot: one call per key there.
                 let batches: Vec<&[Vec<u8>]> = if self.cluster.is_some() {
                     keys.chunks(1).collect()
@@ -381,13 +392,8 @@ impl Inner {
     }
 
     pub(super) fn metrics(&self) -> MetricsSnapshot {
-        let mut snap = self.counters.snapshot();
-        let local = self.local.metrics();
-        snap.received = local.received;
-        snap.expired += local.expired;
-        snap.flushed += local.flushed;
-        snap.queued_messages = local.queued_messages;
-        snap.channels = local.channels;
-        snap
+        self.counters
+            .snapshot()
+            .with_local_buffer(&self.local.metrics())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ::redis::Value as RedisValue;
 
-use super::replies::{one_value, popped, scanned};
+use super::replies::{one_value, popped};
 use super::{Inner, wall_clock};
 use crate::error::LayerError;
 use crate::inspect::{ChannelState, GroupState, Inspection, MemberState};
@@ -32,14 +32,7 @@ impl Inner {
         for server in 0..self.servers.len() {
             let mut cursor = 0u64;
             loop {
-                let mut scan = ::redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000);
-                let reply = one_value(self.exec(server, vec![scan]).await?, "scan")?;
-                let (next, keys) = scanned(reply)?;
+                let (next, keys) = self.scan_page(server, &pattern, cursor).await?;
                 for key in keys {
                     let name = String::from_utf8_lossy(&key).into_owned();
                     if let Some(group) = name.strip_prefix(&group_prefix) {
