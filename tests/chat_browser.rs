@@ -174,6 +174,7 @@ impl Browser {
 }
 
 /// Shows two screenshots side by side, each with a caption, and screenshots that.
+#[cfg(feature = "redis")]
 async fn side_by_side(viewer: &Browser, left: (&str, &Path), right: (&str, &Path), out: &Path) {
     let figure = |(caption, image): (&str, &Path)| {
         format!(
