@@ -21,7 +21,7 @@ impl Inner {
     /// (and counted) by a later receive.
     pub(crate) fn pulled(&self, from: &Pulled, member: &[u8], score: f64) -> bool {
         if !self.is_wanted(from) {
-            if score + self.expiry_secs() <= wall_clock() {
+            if self.life_left(score).is_none() {
                 Counters::add(&self.counters.expired, 1);
                 return true;
             }
@@ -29,6 +29,13 @@ impl Inner {
         }
         self.arrived(from, member, score);
         true
+    }
+
+    /// How many seconds a message sent at `score` has left before it expires; `None` once it
+    /// has expired (also for a NaN score from a foreign writer).
+    fn life_left(&self, score: f64) -> Option<f64> {
+        let left = score + self.expiry_secs() - wall_clock();
+        (left > 0.0).then_some(left)
     }
 
     /// Takes a message a puller (or a direct take) got from Redis: decodes it, drops it if it
@@ -45,12 +52,10 @@ impl Inner {
                 return;
             }
         };
-        let left = score + self.expiry_secs() - wall_clock();
-        // Also drops a NaN score from a foreign writer.
-        if left.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        let Some(left) = self.life_left(score) else {
             Counters::add(&self.counters.expired, 1);
             return;
-        }
+        };
         let deadline = Instant::now() + Duration::from_secs_f64(left.min(1e9));
         let deliver = |channel: &str| match self.local.deliver_arrived(
             channel,
