@@ -541,3 +541,36 @@ fn inspect_lists_channel_keys_process_keys_and_groups_with_their_ages() {
     assert!(seen.complete);
     assert!(!layer.inspect(1).unwrap().complete);
 }
+
+/// A flush deletes every key under its prefix, as channels_redis's does: a layer whose prefix
+/// starts another's (`c1`, `c12`) empties that one too, and one of the same width (`c01`,
+/// `c12`) leaves it alone.
+#[test]
+fn a_flush_reaches_every_prefix_that_starts_with_its_own() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let with_prefix = |prefix: &str| {
+        let mut config = RedisConfig::new(server.url());
+        config.prefix = prefix.to_owned();
+        RedisLayer::new(config).unwrap()
+    };
+    let (short, long, padded) = (with_prefix("c1"), with_prefix("c12"), with_prefix("c01"));
+    for layer in [&long, &padded] {
+        layer.send("kept", Message::new("m")).unwrap();
+    }
+    padded.flush().unwrap();
+    assert!(
+        long.receive_timeout("kept", Duration::from_secs(2)).is_ok(),
+        "c01's flush left c12 alone"
+    );
+    long.send("kept", Message::new("m")).unwrap();
+    short.flush().unwrap();
+    assert!(
+        matches!(
+            long.try_receive("kept"),
+            Err(channel_layer::TryReceiveError::Empty)
+        ),
+        "c1's flush took c12's message"
+    );
+}

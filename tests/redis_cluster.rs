@@ -26,7 +26,8 @@ fn served(config: LayerConfig) -> AnyLayer {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let mut redis = RedisConfig::from_url(&url(shared())).expect("a cluster URL");
     redis.layer = config;
-    redis.prefix = format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    // Of one width, so no prefix starts another: a flush takes every key under its prefix.
+    redis.prefix = format!("c{:06}", NEXT.fetch_add(1, Ordering::Relaxed));
     AnyLayer::new(RedisLayer::new(redis).expect("the cluster answers"))
 }
 

@@ -108,7 +108,8 @@ fn served(config: LayerConfig) -> AnyLayer {
     let world = shared();
     let mut redis = RedisConfig::from_url(&world.url()).expect("a sentinel URL");
     redis.layer = config;
-    redis.prefix = format!("conf{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    // Of one width, so no prefix starts another: a flush takes every key under its prefix.
+    redis.prefix = format!("conf{:06}", NEXT.fetch_add(1, Ordering::Relaxed));
     AnyLayer::new(RedisLayer::new(redis).expect("a valid configuration"))
 }
 

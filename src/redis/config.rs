@@ -69,6 +69,9 @@ pub struct RedisConfig {
     /// than one shards the channels over them with channels_redis's hash ([contract §3.8](crate::contract)).
     pub hosts: Vec<String>,
     /// Prepended to every key (`asgi`): must be the same in every process sharing the layer.
+    /// As in channels_redis, a flush deletes every key that starts with it, so layers that must
+    /// stay apart on one Redis need prefixes of which none starts another (`app1` and `app12`
+    /// do not; `app01` and `app12` do).
     pub prefix: String,
     /// Expiry, group expiry, capacity and per-channel capacities.
     pub layer: LayerConfig,

@@ -32,7 +32,9 @@
 //! use channel_layer::{AnyLayer, InMemoryLayer, LayerConfig};
 //!
 //! /// Every call must return a fresh, empty layer of its own that honours `config`. A network
-//! /// backend would, for instance, use a new random key prefix or database each time.
+//! /// backend would, for instance, use a new random key prefix or database each time. (Cases
+//! /// run in parallel and some flush: if a flush takes every key under its prefix, no prefix
+//! /// may start another, as `t1` starts `t12`.)
 //! fn fixture(config: LayerConfig) -> AnyLayer {
 //!     AnyLayer::new(InMemoryLayer::new(config))
 //! }
