@@ -574,3 +574,58 @@ fn a_flush_reaches_every_prefix_that_starts_with_its_own() {
         "c1's flush took c12's message"
     );
 }
+
+/// A message the puller takes for a receiver that has left meanwhile goes back to Redis,
+/// unless it has expired: then it is dropped and counted at once, not put back for a later
+/// receive to meet. The reproduction holds the server busy in a script that adds an expired
+/// message, until the receiver waiting on its key has timed out; the puller blocked on that
+/// key is handed the message only when the script ends.
+#[test]
+fn an_expired_message_taken_for_a_receiver_that_left_is_counted_not_put_back() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let layer = layer_on(&server, LayerConfig::default());
+    let receiver = {
+        let layer = layer.clone();
+        std::thread::spawn(move || layer.receive_timeout("late", Duration::from_millis(400)))
+    };
+    // By now the puller blocks on the key for the receiver.
+    std::thread::sleep(Duration::from_millis(150));
+    let sent_long_ago = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 1000.0)
+        .to_string();
+    let add_then_stay_busy = b"redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+        local start = redis.call('TIME')
+        while true do
+            local now = redis.call('TIME')
+            if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 600000 then break end
+        end
+        return 1";
+    let member = b"twelve bytes\x81\xa4type\xa4late";
+    server.query(&[
+        b"EVAL",
+        add_then_stay_busy,
+        b"1",
+        b"asgilate",
+        sent_long_ago.as_bytes(),
+        member,
+    ]);
+    assert!(
+        receiver.join().unwrap().is_err(),
+        "the expired message was delivered"
+    );
+    let patience = std::time::Instant::now() + Duration::from_secs(5);
+    while layer.metrics().expired == 0 && std::time::Instant::now() < patience {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(layer.metrics().expired, 1, "{:?}", layer.metrics());
+    assert_eq!(
+        server.command(&["ZCARD", "asgilate"]),
+        ":0\r\n",
+        "the expired message was put back"
+    );
+}
