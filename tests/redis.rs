@@ -606,11 +606,12 @@ fn an_expired_message_taken_for_a_receiver_that_left_is_counted_not_put_back() {
         end
         return 1";
     let member = b"twelve bytes\x81\xa4type\xa4late";
+    let key = format!("{}late", channel_layer::redis::DEFAULT_PREFIX);
     server.query(&[
         b"EVAL",
         add_then_stay_busy,
         b"1",
-        b"asgilate",
+        key.as_bytes(),
         sent_long_ago.as_bytes(),
         member,
     ]);
@@ -624,7 +625,7 @@ fn an_expired_message_taken_for_a_receiver_that_left_is_counted_not_put_back() {
     }
     assert_eq!(layer.metrics().expired, 1, "{:?}", layer.metrics());
     assert_eq!(
-        server.command(&["ZCARD", "asgilate"]),
+        server.command(&["ZCARD", &key]),
         ":0\r\n",
         "the expired message was put back"
     );
