@@ -4,13 +4,13 @@
 mod support;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use channel_layer::nats::{NatsConfig, NatsLayer};
 use channel_layer::{
     AnyLayer, BackendErrorKind, BuildError, ChannelLayer, ChannelLayerExt, LayerConfig, Message,
 };
+use support::fresh_prefix;
 use support::nats_server::NatsServer;
 
 /// One server shared by the conformance cases, each layer with a prefix of its own.
@@ -19,15 +19,10 @@ fn shared() -> &'static NatsServer {
     SERVER.get_or_init(|| NatsServer::start().unwrap_or_else(|| std::process::exit(0)))
 }
 
-fn fresh_prefix() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
 fn served(config: LayerConfig) -> AnyLayer {
     let mut nats = NatsConfig::from_url(&shared().url()).expect("a NATS URL");
     nats.layer = config;
-    nats.prefix = fresh_prefix();
+    nats.prefix = fresh_prefix("t");
     AnyLayer::new(NatsLayer::new(nats).expect("the server answers"))
 }
 
@@ -44,7 +39,7 @@ fn the_url_builds_a_layer_through_any_layer() {
     let url = format!(
         "{}?prefix={}&capacity=2&expiry=30",
         shared().url(),
-        fresh_prefix()
+        fresh_prefix("t")
     );
     let layer = AnyLayer::from_url(&url).unwrap();
     layer.send("a.b!c", Message::new("one")).unwrap();
@@ -73,7 +68,7 @@ fn an_unreachable_server_fails_fast_with_a_typed_error() {
 
 #[test]
 fn layers_with_other_settings_on_one_prefix_are_refused_by_name() {
-    let prefix = fresh_prefix();
+    let prefix = fresh_prefix("t");
     let url = format!("{}?prefix={prefix}&expiry=30", shared().url());
     let _first = NatsLayer::from_url(&url).unwrap();
     let _same = NatsLayer::from_url(&url).unwrap();
@@ -165,7 +160,7 @@ fn tls_urls_reach_a_server_that_requires_tls() {
 #[test]
 fn clearing_many_expired_messages_never_outlasts_the_operation_timeout() {
     let mut config = NatsConfig::from_url(&shared().url()).unwrap();
-    config.prefix = fresh_prefix();
+    config.prefix = fresh_prefix("t");
     config.layer = LayerConfig::builder()
         .capacity(3000)
         .expiry(Duration::from_secs(1))

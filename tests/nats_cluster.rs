@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use channel_layer::nats::NatsConfig;
 use channel_layer::{AnyLayer, LayerConfig};
@@ -17,11 +16,10 @@ fn shared() -> &'static NatsCluster {
 }
 
 fn served(config: LayerConfig) -> AnyLayer {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let mut nats = NatsConfig::from_url(&shared().url()).expect("a NATS URL");
     nats.layer = config;
     nats.replicas = 3;
-    nats.prefix = format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    nats.prefix = support::fresh_prefix("c");
     AnyLayer::new(layer_when_ready(&nats))
 }
 

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use channel_layer::redis::{CLUSTER_SLOTS, RedisConfig, RedisLayer, key_slot};
@@ -23,11 +23,9 @@ fn url(cluster: &Cluster) -> String {
 }
 
 fn served(config: LayerConfig) -> AnyLayer {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let mut redis = RedisConfig::from_url(&url(shared())).expect("a cluster URL");
     redis.layer = config;
-    // Of one width, so no prefix starts another: a flush takes every key under its prefix.
-    redis.prefix = format!("c{:06}", NEXT.fetch_add(1, Ordering::Relaxed));
+    redis.prefix = support::fresh_prefix("c");
     AnyLayer::new(RedisLayer::new(redis).expect("the cluster answers"))
 }
 

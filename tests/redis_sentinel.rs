@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -104,12 +104,10 @@ fn shared() -> &'static World {
 }
 
 fn served(config: LayerConfig) -> AnyLayer {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let world = shared();
     let mut redis = RedisConfig::from_url(&world.url()).expect("a sentinel URL");
     redis.layer = config;
-    // Of one width, so no prefix starts another: a flush takes every key under its prefix.
-    redis.prefix = format!("conf{:06}", NEXT.fetch_add(1, Ordering::Relaxed));
+    redis.prefix = support::fresh_prefix("conf");
     AnyLayer::new(RedisLayer::new(redis).expect("a valid configuration"))
 }
 

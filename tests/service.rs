@@ -1028,7 +1028,6 @@ mod redis {
 
 #[cfg(feature = "nats")]
 mod nats {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Mutex, OnceLock};
 
     use channel_layer::nats::{NatsConfig, NatsLayer};
@@ -1057,10 +1056,9 @@ mod nats {
 
     impl Backend for Nats {
         fn open(&self, config: LayerConfig) -> Box<dyn Store> {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
             let mut nats = NatsConfig::from_url(&server().url()).expect("a NATS URL");
             nats.layer = config;
-            nats.prefix = format!("svc{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            nats.prefix = crate::support::fresh_prefix("svc");
             let store = NatsStore {
                 config: nats,
                 layers: Mutex::new(Vec::new()),

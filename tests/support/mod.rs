@@ -14,6 +14,15 @@ pub mod redis_cluster;
 pub mod redis_server;
 pub mod traffic;
 
+/// A key prefix no other call in this test binary returns, nor one that starts it or that it
+/// starts: each is `stem` and a number of one width. A flush takes every key (or stream) under
+/// its prefix, so cases that share a server and run in parallel need prefixes that stay apart.
+pub fn fresh_prefix(stem: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{stem}{:06}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// The environment variable that turns a missing service into a failure (CI sets it to `1`).
 pub const REQUIRE_SERVICES_ENV: &str = "CHANNEL_LAYER_REQUIRE_SERVICES";
 
