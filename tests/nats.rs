@@ -67,18 +67,82 @@ fn an_unreachable_server_fails_fast_with_a_typed_error() {
 }
 
 #[test]
-fn layers_with_other_settings_on_one_prefix_are_refused_by_name() {
+fn layers_with_other_capacities_on_one_prefix_are_refused_naming_both() {
     let prefix = fresh_prefix("t");
-    let url = format!("{}?prefix={prefix}&expiry=30", shared().url());
-    let _first = NatsLayer::from_url(&url).unwrap();
-    let _same = NatsLayer::from_url(&url).unwrap();
-    let err = NatsLayer::from_url(&format!("{}?prefix={prefix}&expiry=10", shared().url()))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&format!("{prefix}_ch_")) && err.contains("other settings"),
-        "{err}"
+    let layer = |config: LayerConfig| {
+        let mut nats = NatsConfig::from_url(&shared().url()).unwrap();
+        nats.prefix = prefix.clone();
+        nats.layer = config;
+        NatsLayer::new(nats)
+    };
+    let hundred = || LayerConfig::builder().capacity(100);
+    let _first = layer(hundred().build().unwrap()).unwrap();
+    let _same = layer(hundred().build().unwrap()).unwrap();
+    for (other, named) in [
+        (LayerConfig::builder().capacity(200), "capacity=200"),
+        (hundred().channel_capacity("big.*", 500), "big.*"),
+    ] {
+        let err = layer(other.build().unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, BuildError::InvalidOption { name, .. } if name == "capacity"),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("capacity=100"), "{text}");
+        assert!(text.contains(named), "{text}");
+    }
+}
+
+#[test]
+fn layers_with_other_expiries_share_a_prefix_each_message_keeping_its_senders() {
+    let prefix = fresh_prefix("t");
+    let url = |query: &str| format!("{}?prefix={prefix}&{query}", shared().url());
+    let long = NatsLayer::from_url(&url("expiry=60&group_expiry=600")).unwrap();
+    let short = NatsLayer::from_url(&url("expiry=1&group_expiry=30")).unwrap();
+    // One channel for both: what one sends, the other receives.
+    long.send("shared", Message::new("from-long")).unwrap();
+    short.send("shared", Message::new("from-short")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The short-lived message has expired, whoever receives it; the long-lived one has not,
+    // though the receiver's own expiry has passed.
+    let got = short
+        .receive_timeout("shared", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(got.message_type(), Some("from-long"));
+    assert!(long.try_receive("shared").unwrap_err().is_empty());
+    let expired = long.metrics().expired + short.metrics().expired;
+    assert_eq!(
+        expired, 1,
+        "the short-lived message is counted expired once"
     );
+    // Groups too: both layers see one group.
+    short.group_add("room", "member.a").unwrap();
+    assert_eq!(
+        long.group_send("room", Message::new("hi"))
+            .unwrap()
+            .delivered,
+        1
+    );
+}
+
+#[test]
+fn unread_messages_that_expire_are_cleared_and_counted() {
+    let url = format!("{}?prefix={}&expiry=1", shared().url(), fresh_prefix("t"));
+    let layer = NatsLayer::from_url(&url).unwrap();
+    // Late replies nobody will ever receive.
+    for i in 0..5 {
+        let abandoned = layer.new_channel("reply").unwrap();
+        layer
+            .send(&abandoned, Message::new("late").with("i", i))
+            .unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(15);
+    while layer.metrics().expired < 5 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(layer.metrics().expired, 5);
+    let left = layer.inspect(100).unwrap();
+    assert!(left.channels.is_empty(), "{:?}", left.channels);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! | what | where |
 //! |---|---|
 //! | the messages of channel `c` whose capacity is `N` | subject `P.ch.N.<c with . as ~>` in stream `P_ch_N` |
-//! | a wake-up after such a message is stored | subject `P.wake.N.<c with . as ~>` (headers only, republished by the stream) |
+//! | a wake-up after such a message is stored | subject `P.wake.N.<c with . as ~>` (a copy of the message, republished by the stream; a receiver reads what it takes from the stream, never from here) |
 //! | membership of channel `c` in group `g` | key `<g with . as />.<c with . as / and ! as =>` of bucket `P_groups` |
 //!
 //! Names are ASCII letters, digits, `-`, `_`, `.` and (in a channel) one `!`
@@ -14,13 +14,15 @@
 //! keys allow neither `!` nor `~`, so there `.` becomes `/` and `!` becomes `=`, again
 //! characters no name contains; the group and the channel are then the key's two tokens.
 
+/// The header holding a message's expiry in seconds, set by its sender.
+pub(super) const EXPIRY_HEADER: &str = "Channel-Layer-Expiry";
+
 /// A channel name as one subject token.
 pub(super) fn channel_token(channel: &str) -> String {
     channel.replace('.', "~")
 }
 
 /// The channel a subject token stands for.
-#[cfg(test)]
 pub(super) fn channel_of_token(token: &str) -> String {
     token.replace('~', ".")
 }

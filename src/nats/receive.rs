@@ -1,0 +1,409 @@
+//! Receiving: taking messages from the server in batches, and watching the channels that
+//! receivers here wait on.
+//!
+//! # Why a take gives each message to one receiver
+//!
+//! A take reads messages of its channel's subject in order (every message from a sequence
+//! number on, none skipped) and then purges the subject up to the last one read. The server
+//! (on a cluster, the stream's leader, through the replicated log, once) removes every message
+//! of the subject up to there that is still stored, and answers how many. Messages only ever
+//! leave a subject from its front: by takes like this one, which remove everything up to a
+//! point, and by the stream's age limit, which removes the oldest first. So the messages a
+//! purge removes are the *last* ones the take read, as many as the answer says: those are this
+//! receiver's, and no other purge can have removed them. A purge whose answer is lost is asked
+//! again; what the lost one may have removed is counted lost, never delivered twice.
+//!
+//! # Watching
+//!
+//! While receivers here wait on a channel, one task takes for all of them: as many messages
+//! as they wait for (one purge for the lot), then waits for a wake-up (the stream republishes
+//! each message it stores), for another receiver, or for a reconnect. The task and its one
+//! subscription end when the last receiver leaves, however it leaves (a message, a timeout, or
+//! its future dropped), so a storm of cancelled receives leaves nothing behind.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::StreamMessage;
+use futures_util::{FutureExt as _, StreamExt as _};
+use tokio::sync::Notify;
+
+use super::{Inner, life_left, rt, subjects};
+use crate::error::{BackendError, ReceiveError, SendError, TryReceiveError};
+use crate::layer::ChannelLayer as _;
+use crate::message::Message;
+use crate::metrics::Counters;
+use crate::name::validate_channel;
+
+/// How long a watching task goes without a wake-up before it looks at its channel anyway
+/// (a wake-up lost in a reconnect, say).
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// How long a channel stays watched after its last receiver left: a receiver that comes back
+/// within it (one receiving in a loop) finds the task, its subscription and what it read
+/// ahead still there.
+const LINGER: Duration = Duration::from_millis(250);
+/// How long a receive whose deadline has passed waits for a take already under way.
+const TAKE_GRACE: Duration = Duration::from_millis(50);
+/// The most messages one take reads and purges.
+const MAX_BATCH: usize = 256;
+/// The first and the longest pause of a watching task after a failed take.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// A channel receivers here wait on.
+#[derive(Default)]
+pub(super) struct Watch {
+    /// How many receivers wait.
+    waiters: AtomicUsize,
+    /// A receiver came or left: the task looks again, or ends.
+    poke: Notify,
+    /// Set while the task takes: a receive whose deadline passes meanwhile waits briefly for
+    /// the outcome rather than leave a message it caused to be taken in the local buffer.
+    taking: AtomicBool,
+}
+
+/// One receiver's place on a [`Watch`]; leaving it (dropped) tells the task.
+struct Waiting(Arc<Watch>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.0.poke.notify_one();
+    }
+}
+
+/// What a take did.
+#[derive(Default)]
+struct Taken {
+    /// Messages handed to the local buffer.
+    delivered: usize,
+    /// Messages removed without delivery (expired, undecodable) or read but another
+    /// receiver's: more may be there to take at once.
+    more: bool,
+}
+
+impl Inner {
+    /// Starts waiting on `channel`: a place on its watch, whose task is started if there is
+    /// none.
+    fn join(self: &Arc<Self>, channel: &str) -> Result<Waiting, BackendError> {
+        let mut watches = self.watches.lock();
+        if let Some(watch) = watches.get(channel) {
+            watch.waiters.fetch_add(1, Ordering::AcqRel);
+            watch.poke.notify_one();
+            return Ok(Waiting(watch.clone()));
+        }
+        let handle = rt::handle()?;
+        let watch = Arc::new(Watch::default());
+        watch.waiters.store(1, Ordering::Release);
+        watches.insert(channel.to_owned(), watch.clone());
+        handle.spawn(self.clone().watch(channel.to_owned(), watch.clone()));
+        Ok(Waiting(watch))
+    }
+
+    /// Forgets `watch` if nobody waits on it (under the lock `join` takes, so no receiver
+    /// can join a watch whose task has ended): whether it was forgotten.
+    fn forget_if_idle(&self, channel: &str, watch: &Arc<Watch>) -> bool {
+        let mut watches = self.watches.lock();
+        if watch.waiters.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        if watches.get(channel).is_some_and(|w| Arc::ptr_eq(w, watch)) {
+            watches.remove(channel);
+        }
+        true
+    }
+
+    /// The task taking for the receivers of `channel`.
+    async fn watch(self: Arc<Self>, channel: String, watch: Arc<Watch>) {
+        let capacity = self.config.layer.capacity_for(&channel);
+        let wake_subject = subjects::wake_subject(&self.config.prefix, capacity, &channel);
+        let mut wake = self.client.subscribe(wake_subject).await.ok();
+        let mut ahead = VecDeque::new();
+        let mut pause = RETRY_MIN;
+        let mut idle_since = None;
+        loop {
+            if self.is_closed() {
+                self.forget_if_idle(&channel, &watch);
+                return;
+            }
+            let waiting = watch.waiters.load(Ordering::Acquire);
+            let linger = if waiting == 0 {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                let left = LINGER.saturating_sub(since.elapsed());
+                if left.is_zero() && self.forget_if_idle(&channel, &watch) {
+                    return;
+                }
+                left.max(Duration::from_millis(1))
+            } else {
+                idle_since = None;
+                LOOK_AGAIN
+            };
+            let changed = self.changed.notified();
+            // Wake-ups are a doorbell: what has rung so far is answered by this take.
+            if let Some(subscription) = wake.as_mut() {
+                while let Some(Some(_)) = subscription.next().now_or_never() {}
+            }
+            let want = waiting.saturating_sub(self.local.queued_len(&channel));
+            let wait = if want == 0 {
+                linger
+            } else {
+                watch.taking.store(true, Ordering::Release);
+                let taken = self.take(&channel, want, &mut ahead).await;
+                watch.taking.store(false, Ordering::Release);
+                match taken {
+                    Ok(t) if t.delivered > 0 || t.more => {
+                        pause = RETRY_MIN;
+                        continue;
+                    }
+                    Ok(_) => {
+                        pause = RETRY_MIN;
+                        LOOK_AGAIN
+                    }
+                    Err(e) => {
+                        self.backend_error(e);
+                        pause = (pause * 2).min(RETRY_MAX);
+                        pause
+                    }
+                }
+            };
+            let rung = async {
+                match wake.as_mut() {
+                    Some(subscription) => {
+                        if subscription.next().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = watch.poke.notified() => {}
+                () = changed => {}
+                () = rung => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Takes up to `want` messages of `channel` into the local buffer, in the channel's turn.
+    async fn take(
+        &self,
+        channel: &str,
+        want: usize,
+        ahead: &mut VecDeque<StreamMessage>,
+    ) -> Result<Taken, BackendError> {
+        self.in_turn(channel, self.take_now(channel, want, ahead))
+            .await
+    }
+
+    /// Runs `work` (a take from `channel`) in the channel's turn.
+    async fn in_turn<T>(&self, channel: &str, work: impl Future<Output = T>) -> T {
+        let turn = self
+            .taking
+            .lock()
+            .entry(channel.to_owned())
+            .or_default()
+            .clone();
+        let outcome = {
+            let _turn = turn.lock().await;
+            work.await
+        };
+        let mut taking = self.taking.lock();
+        // Two references left (the map's and this one): nobody else is taking; forget it.
+        if Arc::strong_count(&turn) == 2 {
+            taking.remove(channel);
+        }
+        outcome
+    }
+
+    /// [`Inner::take`], its turn come. `ahead` holds messages read by an earlier take of this
+    /// task (the one after its last message), so a receiver that keeps receiving pays one
+    /// round trip per take: the purge, with the next read beside it.
+    async fn take_now(
+        &self,
+        channel: &str,
+        want: usize,
+        ahead: &mut VecDeque<StreamMessage>,
+    ) -> Result<Taken, BackendError> {
+        let (stream, subject) = self.place(channel);
+        let want = want.clamp(1, MAX_BATCH);
+        let started = Instant::now();
+        let mut batch = Vec::with_capacity(want.min(16));
+        while batch.len() < want {
+            match ahead.pop_front() {
+                Some(found) => batch.push(found),
+                None => break,
+            }
+        }
+        // Reading stops at the operation timeout, so no take outlives it by more than the
+        // purge's round trip.
+        while batch.len() < want && started.elapsed() < self.config.operation_timeout {
+            let from = batch.last().map_or(0, |m: &StreamMessage| m.sequence + 1);
+            match self.read_from(stream, &subject, from).await? {
+                Some(found) => batch.push(found),
+                None => break,
+            }
+        }
+        let Some(last) = batch.last().map(|m| m.sequence) else {
+            return Ok(Taken::default());
+        };
+        let read_next = ahead.is_empty();
+        let (removed, next) = tokio::join!(self.purge_once_only(stream, &subject, last), async {
+            if read_next {
+                self.read_from(stream, &subject, last + 1)
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            }
+        });
+        if let Some(next) = next {
+            ahead.push_back(next);
+        }
+        let removed = usize::try_from(removed?)
+            .unwrap_or(usize::MAX)
+            .min(batch.len());
+        let mut taken = Taken {
+            delivered: 0,
+            more: removed < batch.len(),
+        };
+        for found in batch.drain(batch.len() - removed..) {
+            let left = life_left(&found, self.config.layer.expiry);
+            if left.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                Counters::add(&self.counters.expired, 1);
+                taken.more = true;
+                continue;
+            }
+            let message = match self.codec.unpack(&found.payload, left.min(1e9)) {
+                Ok(decoded) => decoded.message,
+                Err(_) => {
+                    Counters::add(&self.counters.undecodable, 1);
+                    taken.more = true;
+                    continue;
+                }
+            };
+            self.keep(
+                channel,
+                message,
+                Instant::now() + Duration::from_secs_f64(left.min(1e9)),
+            );
+            taken.delivered += 1;
+        }
+        Ok(taken)
+    }
+
+    /// [`Inner::purge_through`], asked again when its answer is lost: the second answer counts
+    /// what was still there, and what the lost one may have removed is counted lost.
+    async fn purge_once_only(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        subject: &str,
+        last: u64,
+    ) -> Result<u64, BackendError> {
+        let mut unsure = None;
+        for _ in 0..3 {
+            match self.purge_through(stream, subject, last).await {
+                Ok(removed) => {
+                    if unsure.is_some() {
+                        // Unknown: the batch's other messages went to the lost purge or to
+                        // other receivers. Counted, never delivered.
+                        Counters::add(&self.counters.lost, 1);
+                    }
+                    return Ok(removed);
+                }
+                Err(e) => {
+                    unsure = Some(e);
+                    tokio::time::sleep(RETRY_MIN).await;
+                }
+            }
+        }
+        Counters::add(&self.counters.lost, 1);
+        Err(unsure.unwrap_or_else(|| {
+            BackendError::new(crate::error::BackendErrorKind::Timeout, "taking messages")
+        }))
+    }
+
+    /// Queues a taken message for the receivers here.
+    fn keep(&self, channel: &str, message: Message, deadline: Instant) {
+        match self.local.deliver_arrived(channel, message, deadline) {
+            Ok(()) => {}
+            Err(SendError::Full { .. }) => Counters::add(&self.counters.overflowed, 1),
+            Err(_) => Counters::add(&self.counters.lost, 1),
+        }
+    }
+
+    pub(super) async fn receive(
+        self: &Arc<Self>,
+        channel: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Message, ReceiveError> {
+        if self.is_closed() {
+            return Err(ReceiveError::Closed);
+        }
+        validate_channel(channel)?;
+        if let Ok(m) = self.local.try_receive(channel) {
+            return Ok(m);
+        }
+        let waiting = self.join(channel)?;
+        match self.local.receive_until_async(channel, deadline).await {
+            Err(ReceiveError::Timeout) => {
+                // A take finishing for this receive right now ends within a round trip: wait
+                // that long (at most TAKE_GRACE) so that its message goes to this receiver
+                // instead of waiting in this layer for the channel's next receive.
+                let until = Instant::now() + TAKE_GRACE;
+                while waiting.0.taking.load(Ordering::Acquire) && Instant::now() < until {
+                    let step = Some((Instant::now() + Duration::from_millis(2)).min(until));
+                    match self.local.receive_until_async(channel, step).await {
+                        Err(ReceiveError::Timeout) => {}
+                        other => return other,
+                    }
+                }
+                match self.local.try_receive(channel) {
+                    Ok(message) => Ok(message),
+                    Err(TryReceiveError::Closed) => Err(ReceiveError::Closed),
+                    Err(_) => Err(ReceiveError::Timeout),
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub(super) async fn try_receive(
+        self: &Arc<Self>,
+        channel: &str,
+    ) -> Result<Message, TryReceiveError> {
+        if self.is_closed() {
+            return Err(TryReceiveError::Closed);
+        }
+        validate_channel(channel)?;
+        match self.local.try_receive(channel) {
+            Err(TryReceiveError::Empty) => {}
+            other => return other,
+        }
+        let inner = self.clone();
+        let from = channel.to_owned();
+        // What the task takes lands in the local buffer even if this future is dropped.
+        rt::run(async move {
+            let mut ahead = VecDeque::new();
+            let started = Instant::now();
+            loop {
+                let taken = inner.take(&from, 1, &mut ahead).await?;
+                // Past expired or undecodable messages, or another receiver's, to a live one,
+                // within the operation timeout.
+                if taken.delivered > 0
+                    || !taken.more
+                    || started.elapsed() >= inner.config.operation_timeout
+                {
+                    return Ok::<(), BackendError>(());
+                }
+            }
+        })
+        .await
+        .map_err(|e| TryReceiveError::Backend(self.backend_error(e)))?;
+        self.local.try_receive(channel)
+    }
+}

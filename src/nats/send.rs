@@ -1,0 +1,256 @@
+//! Sending: one channel, and a whole group under one deadline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+
+use super::api::{FULL, failure, jetstream_code};
+use super::{Inner, life_left, rt, subjects};
+use crate::codec::AsgiChannel;
+use crate::error::{BackendError, BackendErrorKind, LayerError, SendError};
+use crate::layer::GroupSendReport;
+use crate::message::{Message, MessageError};
+use crate::metrics::Counters;
+use crate::name::validate_group;
+
+/// What a publish came to.
+enum Stored {
+    Yes,
+    Full,
+}
+
+impl Inner {
+    /// The headers every message carries: its sender's expiry.
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            subjects::EXPIRY_HEADER,
+            self.config.layer.expiry.as_secs_f64().to_string().as_str(),
+        );
+        headers
+    }
+
+    /// Encodes a message, refusing one the server would not take.
+    fn encode(&self, message: &Message) -> Result<Bytes, MessageError> {
+        self.config.layer.check_message(message)?;
+        let payload = self
+            .codec
+            .pack(message, AsgiChannel::None)
+            .map_err(|e| MessageError::Encode(e.to_string()))?;
+        // The server answers a message over its `max_payload` (1 MiB unless configured
+        // otherwise) by closing the connection: refuse it here instead.
+        let max_bytes = self.client.server_info().max_payload;
+        if max_bytes > 0 && payload.len() > max_bytes {
+            return Err(MessageError::TooLarge {
+                bytes: payload.len(),
+                max_bytes,
+            });
+        }
+        Ok(Bytes::from(payload))
+    }
+
+    /// Checks a send and encodes the message.
+    fn prepare(&self, channel: &str, message: Message) -> Result<(Message, Bytes), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed { message });
+        }
+        if let Err(error) = crate::name::validate_channel(channel) {
+            return Err(SendError::InvalidName { error, message });
+        }
+        match self.encode(&message) {
+            Ok(payload) => Ok((message, payload)),
+            Err(error) => Err(SendError::InvalidMessage { error, message }),
+        }
+    }
+
+    /// Publishes `payload` to `channel` and waits for the stream's acknowledgement, trying once
+    /// more after dropping expired messages at the head of a channel that is full.
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<Stored, BackendError> {
+        let (stream, subject) = self.place(channel);
+        match self.publish_once(&subject, payload.clone()).await? {
+            Stored::Full if self.prune(stream, &subject).await? > 0 => {
+                self.publish_once(&subject, payload).await
+            }
+            stored => Ok(stored),
+        }
+    }
+
+    /// Publishes a message taken earlier back to `channel` (at its end): whether it was
+    /// stored.
+    pub(super) async fn republish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+    ) -> Result<bool, BackendError> {
+        Ok(matches!(self.publish(channel, payload).await?, Stored::Yes))
+    }
+
+    async fn publish_once(&self, subject: &str, payload: Bytes) -> Result<Stored, BackendError> {
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_owned(), self.headers(), payload)
+            .await
+            .map_err(|e| {
+                failure(
+                    BackendErrorKind::Connection,
+                    format!("publishing to {subject}"),
+                    e,
+                )
+                .unsent()
+            })?;
+        acknowledged(subject, ack.await)
+    }
+
+    /// Drops the expired messages at the head of a subject, counting them; how many it dropped.
+    /// Bounded by the operation timeout: a send never waits on more than that here.
+    pub(super) async fn prune(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+    ) -> Result<u64, BackendError> {
+        let started = Instant::now();
+        let mut last_expired = None;
+        let mut from = 0;
+        while started.elapsed() < self.config.operation_timeout {
+            let Some(found) = self.read_from(stream, subject, from).await? else {
+                break;
+            };
+            if life_left(&found, self.config.layer.expiry) > 0.0 {
+                break;
+            }
+            last_expired = Some(found.sequence);
+            from = found.sequence + 1;
+        }
+        let Some(last) = last_expired else {
+            return Ok(0);
+        };
+        // Whatever the purge removed up to the last expired message was expired.
+        let removed = self.purge_through(stream, subject, last).await?;
+        Counters::add(&self.counters.expired, removed);
+        Ok(removed)
+    }
+
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        channel: &str,
+        message: Message,
+    ) -> Result<(), SendError> {
+        let (message, payload) = self.prepare(channel, message)?;
+        let inner = self.clone();
+        let to = channel.to_owned();
+        match rt::run(async move { inner.publish(&to, payload).await }).await {
+            Ok(Stored::Yes) => {
+                Counters::add(&self.counters.sent, 1);
+                Ok(())
+            }
+            Ok(Stored::Full) => {
+                Counters::add(&self.counters.rejected_full, 1);
+                Err(SendError::Full {
+                    channel: channel.into(),
+                    capacity: self.config.layer.capacity_for(channel),
+                    message,
+                })
+            }
+            Err(error) => Err(SendError::Backend {
+                error: self.backend_error(error),
+                message,
+            }),
+        }
+    }
+
+    pub(super) async fn group_send(
+        self: &Arc<Self>,
+        group: &str,
+        message: Message,
+    ) -> Result<GroupSendReport, LayerError> {
+        if self.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        validate_group(group)?;
+        let payload = self.encode(&message)?;
+        let inner = self.clone();
+        let group = group.to_owned();
+        let report = rt::run(async move { inner.deliver_to_group(&group, payload).await })
+            .await
+            .map_err(|e| LayerError::Backend(self.backend_error(e)))?;
+        self.counters.group_send(&report);
+        Ok(report)
+    }
+
+    /// Lists the members, publishes to every one of them at once and collects the
+    /// acknowledgements, all within one operation timeout: a member whose acknowledgement has
+    /// not come by then is skipped as failed (its message may still be stored). A member
+    /// refused as full is tried once more after its expired messages are dropped, within the
+    /// same deadline.
+    async fn deliver_to_group(
+        self: &Arc<Self>,
+        group: &str,
+        payload: Bytes,
+    ) -> Result<GroupSendReport, BackendError> {
+        let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
+        let members = self.members(group).await?;
+        let mut report = GroupSendReport::default();
+        let total = members.len();
+        let mut pending = FuturesUnordered::new();
+        for member in members {
+            let inner = self.clone();
+            let payload = payload.clone();
+            pending.push(async move {
+                let (_, subject) = inner.place(&member);
+                match inner.publish_once(&subject, payload.clone()).await {
+                    Ok(Stored::Full) => {
+                        let (stream, _) = inner.place(&member);
+                        match inner.prune(stream, &subject).await {
+                            Ok(n) if n > 0 => inner.publish_once(&subject, payload).await,
+                            Ok(_) => Ok(Stored::Full),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    other => other,
+                }
+            });
+        }
+        let collected = tokio::time::timeout_at(deadline, async {
+            while let Some(stored) = pending.next().await {
+                match stored {
+                    Ok(Stored::Yes) => report.delivered += 1,
+                    Ok(Stored::Full) => report.skipped_full += 1,
+                    Err(_) => report.skipped_failed += 1,
+                }
+            }
+        })
+        .await;
+        if collected.is_err() {
+            // Out of time: whatever has not answered is skipped as failed.
+            report.skipped_failed = total - report.delivered - report.skipped_full;
+        }
+        Ok(report)
+    }
+}
+
+/// What a publish's acknowledgement says.
+fn acknowledged(
+    subject: &str,
+    ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+) -> Result<Stored, BackendError> {
+    use jetstream::context::PublishErrorKind as Kind;
+    match ack {
+        Ok(_) => Ok(Stored::Yes),
+        Err(e) if jetstream_code(&e) == Some(FULL) => Ok(Stored::Full),
+        Err(e) => {
+            let (kind, unsent) = match e.kind() {
+                Kind::TimedOut => (BackendErrorKind::Timeout, false),
+                Kind::StreamNotFound => (BackendErrorKind::Unavailable, true),
+                Kind::BrokenPipe => (BackendErrorKind::Connection, true),
+                _ => (BackendErrorKind::Refused, true),
+            };
+            let error = failure(kind, format!("storing a message on {subject}"), e);
+            Err(if unsent { error.unsent() } else { error })
+        }
+    }
+}

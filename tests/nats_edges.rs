@@ -1,0 +1,302 @@
+//! The NATS backend where production meets it first: receives cancelled by the thousand, a
+//! group send on a frozen server, servers that never answer a connect, and wake-ups that lie.
+//! Each test runs its own `nats-server` on a free port.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use channel_layer::nats::{NatsConfig, NatsLayer};
+use channel_layer::{
+    BackendErrorKind, BuildError, ChannelLayer, ChannelLayerExt, LayerConfig, Message,
+};
+use support::fresh_prefix;
+use support::nats_server::NatsServer;
+
+fn layer_on(server: &NatsServer, config: LayerConfig, timeout: Duration) -> NatsLayer {
+    let mut nats = NatsConfig::from_url(&server.url()).unwrap();
+    nats.prefix = fresh_prefix("e");
+    nats.layer = config;
+    nats.operation_timeout = timeout;
+    NatsLayer::new(nats).unwrap()
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The server's count of live subscriptions (its `/varz`).
+fn server_subscriptions(server: &NatsServer) -> u64 {
+    let varz = server.monitor("/varz").expect("/varz");
+    let varz: serde_json::Value = serde_json::from_str(&varz).expect("json");
+    varz["subscriptions"].as_u64().expect("subscriptions")
+}
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_storm_of_cancelled_receives_leaves_nothing_behind_and_loses_nothing() {
+    const SENT: i64 = 3000;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let config = LayerConfig::builder().capacity(10_000).build().unwrap();
+    let layer = layer_on(&server, config, Duration::from_secs(5));
+    let before_subs = server_subscriptions(&server);
+    let before_rss = rss_mib();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio();
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut receivers = Vec::new();
+        for r in 0..4u64 {
+            let (layer, received, stop) = (layer.clone(), received.clone(), stop.clone());
+            receivers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut k = r;
+                while !stop.load(Ordering::Acquire) {
+                    // 0 to 1.5 ms, as a websocket handler's select! gives up on a receive.
+                    k = k
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let wait = Duration::from_micros((k >> 33) % 1500);
+                    if let Ok(Ok(m)) =
+                        tokio::time::timeout(wait, layer.receive_async("storm")).await
+                    {
+                        mine.push(m.get("n").and_then(|v| v.as_i64()).unwrap());
+                    }
+                }
+                received.lock().unwrap().push(mine);
+            }));
+        }
+        for n in 0..SENT {
+            layer
+                .send_async("storm", Message::new("m").with("n", n))
+                .await
+                .unwrap();
+        }
+        // Every message reaches a receiver while the storm goes on.
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let queued = layer.inspect_async(10).await.unwrap();
+            let on_server: u64 = queued.channels.iter().map(|c| c.queued).sum();
+            if (on_server == 0 && layer.metrics().queued_messages == 0) || Instant::now() > until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Release);
+        for r in receivers {
+            r.await.unwrap();
+        }
+    });
+    // What was taken for a receive that was cancelled meanwhile is the next receive's.
+    let mut rest = Vec::new();
+    while let Ok(m) = layer.try_receive("storm") {
+        rest.push(m.get("n").and_then(|v| v.as_i64()).unwrap());
+    }
+    let per_receiver = received.lock().unwrap().clone();
+    for mine in &per_receiver {
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "order kept per receiver"
+        );
+    }
+    let all: Vec<i64> = per_receiver
+        .iter()
+        .flatten()
+        .chain(&rest)
+        .copied()
+        .collect();
+    let distinct: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), distinct.len(), "no message twice");
+    let m = layer.metrics();
+    assert_eq!(
+        distinct.len() as u64 + m.lost + m.expired + m.overflowed,
+        SENT as u64,
+        "every message received or counted: {m:?}"
+    );
+    assert_eq!(m.lost + m.overflowed, 0, "{m:?}");
+    // Nothing left behind: the watch of the channel ends after its last receiver, with its
+    // one subscription.
+    std::thread::sleep(Duration::from_millis(700));
+    let after_subs = server_subscriptions(&server);
+    assert!(
+        after_subs <= before_subs + 2,
+        "subscriptions before {before_subs}, after {after_subs}"
+    );
+    let grown = rss_mib() - before_rss;
+    assert!(grown < 64.0, "RSS grew {grown:.0} MiB");
+    println!(
+        "storm: {} received in {:?}, RSS +{grown:.1} MiB, subscriptions {before_subs} -> {after_subs}",
+        distinct.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_group_send_on_a_frozen_server_returns_within_its_deadline() {
+    const MEMBERS: usize = 2000;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let timeout = Duration::from_secs(1);
+    let layer = layer_on(&server, LayerConfig::default(), timeout);
+    let rt = tokio();
+    rt.block_on(async {
+        let mut adds = futures::stream::FuturesUnordered::new();
+        for i in 0..MEMBERS {
+            let layer = layer.clone();
+            adds.push(async move { layer.group_add_async("big", &format!("m.{i}")).await });
+            if adds.len() >= 64 {
+                futures::StreamExt::next(&mut adds).await.unwrap().unwrap();
+            }
+        }
+        while let Some(added) = futures::StreamExt::next(&mut adds).await {
+            added.unwrap();
+        }
+    });
+    let whole = layer.group_send("big", Message::new("warm")).unwrap();
+    assert_eq!(whole.delivered, MEMBERS);
+    // The server freezes at some point during the send (after the member listing, in most
+    // tries): the call returns within its timeout plus a round trip wherever that lands.
+    for delay_ms in [2u64, 5, 10, 20, 40] {
+        let sender = {
+            let layer = layer.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let outcome = layer.group_send("big", Message::new("frozen"));
+                (started.elapsed(), outcome)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        server.freeze();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !sender.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.thaw();
+        let (took, outcome) = sender.join().unwrap();
+        assert!(
+            took < timeout + Duration::from_millis(500),
+            "frozen {delay_ms} ms in: group_send took {took:?} ({outcome:?})"
+        );
+        if let Ok(report) = outcome {
+            let counted = report.delivered + report.skipped_full + report.skipped_failed;
+            assert_eq!(counted, MEMBERS, "{report:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_fails_the_build_within_the_connect_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accept and hold every connection, never writing a byte.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in silent.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let started = Instant::now();
+    let err =
+        NatsLayer::from_url(&format!("nats://127.0.0.1:{port}?connect_timeout=1")).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    match err {
+        BuildError::Backend(e) => assert_eq!(e.kind(), BackendErrorKind::Timeout, "{e}"),
+        other => panic!("expected a backend error, got {other}"),
+    }
+}
+
+#[test]
+fn twenty_refused_hosts_fail_the_build_within_the_connect_timeout() {
+    let hosts: Vec<String> = (0..20)
+        .map(|_| format!("127.0.0.1:{}", support::redis_server::free_port()))
+        .collect();
+    let started = Instant::now();
+    let err =
+        NatsLayer::from_url(&format!("nats://{}?connect_timeout=1", hosts.join(","))).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}: {err}");
+    assert!(matches!(err, BuildError::Backend(_)), "{err}");
+}
+
+#[test]
+fn a_forged_wake_up_takes_nothing_and_delivers_nothing() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let layer = layer_on(&server, LayerConfig::default(), Duration::from_secs(2));
+    let prefix = layer.config().prefix.clone();
+    let capacity = layer.config().layer.capacity;
+    // A message on another channel, whose sequence number the forger knows.
+    layer.send("victim", Message::new("real")).unwrap();
+    let victim_seq = 1u64;
+    let waiting = {
+        let layer = layer.clone();
+        std::thread::spawn(move || layer.receive_timeout("target", Duration::from_secs(2)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = tokio();
+    rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Stream", format!("{prefix}_ch_{capacity}").as_str());
+        headers.insert(
+            "Nats-Subject",
+            format!("{prefix}.ch.{capacity}.target").as_str(),
+        );
+        headers.insert("Nats-Sequence", victim_seq.to_string().as_str());
+        headers.insert("Nats-Last-Sequence", "0");
+        // A msgpack map {"type": "forged"}.
+        let mut body = vec![0x81, 0xa4];
+        body.extend_from_slice(b"type");
+        body.push(0xa6);
+        body.extend_from_slice(b"forged");
+        client
+            .publish_with_headers(
+                format!("{prefix}.wake.{capacity}.target"),
+                headers,
+                body.into(),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    });
+    let outcome = waiting.join().unwrap();
+    assert!(
+        outcome.as_ref().is_err_and(|e| e.is_timeout()),
+        "the forged body was delivered: {outcome:?}"
+    );
+    let real = layer.try_receive("victim").unwrap();
+    assert_eq!(
+        real.message_type(),
+        Some("real"),
+        "the victim's message is still there"
+    );
+    let m = layer.metrics();
+    assert_eq!(m.lost + m.undecodable, 0, "{m:?}");
+}
