@@ -110,6 +110,7 @@ fn layers_with_other_expiries_share_a_prefix_each_message_keeping_its_senders() 
         .unwrap();
     assert_eq!(got.message_type(), Some("from-long"));
     assert!(long.try_receive("shared").unwrap_err().is_empty());
+    eprintln!("long {:?}\nshort {:?}", long.metrics(), short.metrics());
     let expired = long.metrics().expired + short.metrics().expired;
     assert_eq!(
         expired, 1,
@@ -324,4 +325,45 @@ fn inspect_lists_channels_process_channels_and_groups_with_their_ages() {
     // Another process sees the same.
     assert_eq!(layer.inspect(1).unwrap().channels.len(), 1);
     assert!(!layer.inspect(1).unwrap().complete);
+}
+
+#[test]
+fn a_member_deleted_with_the_standard_key_value_tools_is_no_longer_sent_to() {
+    let prefix = fresh_prefix("t");
+    let layer = NatsLayer::from_url(&format!("{}?prefix={prefix}", shared().url())).unwrap();
+    layer.group_add("room", "member.kept").unwrap();
+    layer.group_add("room", "member.deleted").unwrap();
+    layer.group_add("room", "member.purged").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let version = rt.block_on(async {
+        let client = async_nats::connect(shared().url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let kv = js.get_key_value(format!("{prefix}_groups")).await.unwrap();
+        // What `nats kv del` and `nats kv purge` do: a delete mark, a purge mark.
+        kv.delete("room.member/deleted").await.unwrap();
+        kv.purge("room.member/purged").await.unwrap();
+        client.server_info().version
+    });
+    let report = layer.group_send("room", Message::new("hi")).unwrap();
+    let batched = {
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 11)
+    };
+    if batched {
+        assert_eq!(report.delivered, 1, "{report:?}");
+        assert!(layer.try_receive("member.deleted").unwrap_err().is_empty());
+        assert!(layer.try_receive("member.purged").unwrap_err().is_empty());
+    } else {
+        // Before 2.11 the server lists keys without their entries: marks count as members
+        // until the group expiry (documented in contract §5).
+        println!("nats-server {version}: delete marks are seen from 2.11 on");
+        assert_eq!(report.delivered, 3, "{report:?}");
+    }
+    assert_eq!(
+        layer.try_receive("member.kept").unwrap().message_type(),
+        Some("hi")
+    );
 }

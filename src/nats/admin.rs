@@ -135,12 +135,19 @@ impl Inner {
                 complete = false;
                 continue;
             }
-            let added = self
+            let entry = self
                 .groups_stream
                 .get_last_raw_message_by_subject(subject)
                 .await
-                .ok()
-                .map(|found| age(sent_at(&found)));
+                .ok();
+            // A delete or purge mark written by another key-value client is no member.
+            if entry
+                .as_ref()
+                .is_some_and(|e| e.headers.get(subjects::KV_OPERATION).is_some())
+            {
+                continue;
+            }
+            let added = entry.map(|found| age(sent_at(&found)));
             groups
                 .entry(group)
                 .or_default()

@@ -47,7 +47,100 @@ pub(super) fn stream_error_code(e: &jetstream::context::CreateStreamError) -> Op
     }
 }
 
+/// The most a batched read asks for: the server answers at most 1024 messages to one request.
+pub(super) const MAX_READ: usize = 1024;
+
+/// Whether a server of `version` (`major.minor.patch`, maybe with a suffix) answers batched
+/// direct gets (`batch`, `multi_last`): 2.11 and later.
+pub(super) fn reads_in_batches(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 11)
+}
+
 impl Inner {
+    /// Whether `stream` can be read in batches here: the server is 2.11 or later and the
+    /// stream allows direct gets (streams made by older versions of this crate do not).
+    pub(super) fn batched(&self, stream: &stream::Stream) -> bool {
+        self.batch_reads && stream.cached_info().config.allow_direct
+    }
+
+    /// A batched direct get of `stream` (2.11 and later): the messages the server sends until
+    /// its end-of-batch mark, or `None` when it answers that the request asks for too many
+    /// (more than [`MAX_READ`] subjects). Bounded by the operation timeout.
+    pub(super) async fn read_batch(
+        &self,
+        stream: &stream::Stream,
+        request: serde_json::Value,
+    ) -> Result<Option<Vec<jetstream::message::StreamMessage>>, BackendError> {
+        use futures_util::StreamExt as _;
+        let name = &stream.cached_info().config.name;
+        let what = || format!("reading {name} ({request})");
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| failure(BackendErrorKind::Connection, what(), e))?;
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{name}"),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| failure(BackendErrorKind::Connection, what(), e))?;
+        let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
+        let mut found = Vec::new();
+        loop {
+            let answer = match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => {
+                    return Err(BackendError::new(
+                        BackendErrorKind::Connection,
+                        format!("{}: the connection closed", what()),
+                    ));
+                }
+                Err(_) => {
+                    return Err(BackendError::new(
+                        BackendErrorKind::Timeout,
+                        format!("{}: no answer in time", what()),
+                    ));
+                }
+            };
+            match answer.status.map(|s| s.as_u16()) {
+                None => {
+                    let message =
+                        jetstream::message::StreamMessage::try_from(answer).map_err(|e| {
+                            BackendError::new(
+                                BackendErrorKind::Protocol,
+                                format!("{}: {e}", what()),
+                            )
+                        })?;
+                    found.push(message);
+                    if found.len() > MAX_READ {
+                        return Err(BackendError::new(
+                            BackendErrorKind::Protocol,
+                            format!("{}: more messages than asked for", what()),
+                        ));
+                    }
+                }
+                // The end of the batch, or nothing to read.
+                Some(204 | 404) => return Ok(Some(found)),
+                Some(413) => return Ok(None),
+                Some(other) => {
+                    return Err(BackendError::new(
+                        BackendErrorKind::Refused,
+                        format!("{}: status {other} {:?}", what(), answer.description),
+                    ));
+                }
+            }
+        }
+    }
+
     /// One request to the JetStream API, its JSON answer; an answer holding an error is a
     /// [`BackendErrorKind::Refused`] naming `what`.
     pub(super) async fn api(

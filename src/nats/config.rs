@@ -24,6 +24,7 @@ const URL_PARAMS: &[&str] = &[
     "storage",
     "timeout",
     "connect_timeout",
+    "receive_prefetch",
     "token",
     "credentials_file",
     "tls_ca_file",
@@ -84,8 +85,18 @@ pub struct NatsConfig {
     pub storage: Storage,
     /// How long one request to the server (a publish's acknowledgement, a take) may take.
     pub operation_timeout: Duration,
-    /// How long connecting may take.
+    /// How long connecting, with every server tried, may take.
     pub connect_timeout: Duration,
+    /// How many messages a channel's take may fetch beyond those its waiting receivers ask
+    /// for, to hand to the next receives here without a round trip (0 to
+    /// [`NatsConfig::MAX_RECEIVE_PREFETCH`]; default 0).
+    ///
+    /// A receiver that keeps receiving from a busy channel then pays one round trip per batch
+    /// rather than per message. What is fetched ahead waits in this layer: other processes'
+    /// receivers do not get it, it expires here (counted) if nobody receives it, and a layer
+    /// that closes puts it back on the server; a process that dies loses it. Leave it at 0 for
+    /// channels that several processes share as a work queue.
+    pub receive_prefetch: usize,
     /// User name and password, from the URL's `user:password@`.
     pub user_password: Option<(String, String)>,
     /// An authentication token, from the URL's `token@` or `token=`.
@@ -101,6 +112,8 @@ pub struct NatsConfig {
 impl NatsConfig {
     /// The longest `timeout` or `connect_timeout` accepted: an hour.
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// The largest [`NatsConfig::receive_prefetch`] allowed.
+    pub const MAX_RECEIVE_PREFETCH: usize = 10_000;
     /// The most stream replicas JetStream allows.
     pub const MAX_REPLICAS: usize = 5;
 
@@ -115,6 +128,7 @@ impl NatsConfig {
             storage: Storage::File,
             operation_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            receive_prefetch: 0,
             user_password: None,
             token: None,
             credentials_file: None,
@@ -126,7 +140,7 @@ impl NatsConfig {
     /// Reads `nats://[user:password@|token@]host[:port][,host[:port]...][?options]` (or
     /// `tls://` for TLS). Options: the common ones (`capacity`, `expiry`, `group_expiry`,
     /// `max_message_depth`, `max_message_bytes`), `prefix`, `replicas`, `storage`
-    /// (`file` or `memory`), `timeout` and `connect_timeout` (seconds), `token`,
+    /// (`file` or `memory`), `timeout` and `connect_timeout` (seconds), `receive_prefetch`, `token`,
     /// `credentials_file` and `tls_ca_file` (paths).
     ///
     /// # Errors
@@ -221,6 +235,9 @@ impl NatsConfig {
             "connect_timeout" => {
                 self.connect_timeout = parse_seconds(name, value, Self::MAX_TIMEOUT)?;
             }
+            "receive_prefetch" => {
+                self.receive_prefetch = parse_count(name, value, 0, Self::MAX_RECEIVE_PREFETCH)?;
+            }
             "token" => self.token = Some(value.to_owned()),
             "credentials_file" => self.credentials_file = Some(PathBuf::from(value)),
             "tls_ca_file" => self.tls_ca_file = Some(PathBuf::from(value)),
@@ -262,6 +279,12 @@ impl NatsConfig {
             ));
         }
         check_count("replicas", self.replicas, 1, Self::MAX_REPLICAS)?;
+        check_count(
+            "receive_prefetch",
+            self.receive_prefetch,
+            0,
+            Self::MAX_RECEIVE_PREFETCH,
+        )?;
         for (name, value) in [
             ("timeout", self.operation_timeout),
             ("connect_timeout", self.connect_timeout),
@@ -333,6 +356,7 @@ impl fmt::Debug for NatsConfig {
             .field("storage", &self.storage)
             .field("operation_timeout", &self.operation_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("receive_prefetch", &self.receive_prefetch)
             .field(
                 "user",
                 &self.user_password.as_ref().map(|(user, _)| user.as_str()),

@@ -87,9 +87,29 @@ impl Inner {
         .map_err(LayerError::Backend)
     }
 
-    /// The channels in `group` now: one stream-info request listing the group's keys.
+    /// The channels in `group` now.
+    ///
+    /// On servers that read in batches (2.11 and later), one request reads the latest entry of
+    /// every member key (up to 1,024 members): entries older than the group expiry (the
+    /// server's age limit acts a moment late) and the delete and purge marks that other
+    /// key-value clients write (`nats kv del`) are left out. Otherwise, and for larger groups,
+    /// one stream-info request lists the group's keys, and the server's age limit alone
+    /// decides which have lapsed.
     pub(super) async fn members(&self, group: &str) -> Result<Vec<String>, BackendError> {
         let filter = subjects::members_filter(&self.groups.name, group);
+        if self.batch_reads && self.groups_stream.cached_info().config.allow_direct {
+            let request = serde_json::json!({ "multi_last": [filter] });
+            if let Some(entries) = self.read_batch(&self.groups_stream, request).await? {
+                let oldest = super::wall_clock() - self.config.layer.group_expiry.as_secs_f64();
+                let members: BTreeSet<String> = entries
+                    .iter()
+                    .filter(|e| e.headers.get(subjects::KV_OPERATION).is_none())
+                    .filter(|e| super::sent_at(e) > oldest)
+                    .filter_map(|e| subjects::member_of_subject(&e.subject))
+                    .collect();
+                return Ok(members.into_iter().collect());
+            }
+        }
         let stream = format!("KV_{}", self.groups.name);
         let listed = self.subjects_of(&stream, &filter, usize::MAX).await?;
         let members: BTreeSet<String> = listed

@@ -103,6 +103,8 @@ struct Inner {
     /// One take at a time per channel, in the order they were asked for, so what this layer
     /// takes reaches its local buffer in the channel's order.
     taking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether the server reads in batches (2.11 and later).
+    batch_reads: bool,
     counters: Arc<Counters>,
     closed: AtomicBool,
     /// Notified on close and after each reconnect: watching tasks look again.
@@ -160,7 +162,9 @@ impl NatsLayer {
             crypto: None,
         };
         let local = InMemoryLayer::new(config.layer.clone());
+        let batch_reads = api::reads_in_batches(&setup.client.server_info().version);
         let inner = Arc::new(Inner {
+            batch_reads,
             client: setup.client,
             js: setup.js,
             streams: setup.streams,

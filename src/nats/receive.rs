@@ -58,6 +58,11 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 pub(super) struct Watch {
     /// How many receivers wait.
     waiters: AtomicUsize,
+    /// How many of them no take has served yet: each receiver adds one when it comes and a
+    /// take removes one per message it hands over, so a take never fetches for a receiver
+    /// that a message already in the local buffer is going to serve. A receiver that leaves
+    /// without a message gives its one back.
+    wants: AtomicUsize,
     /// A receiver came or left: the task looks again, or ends.
     poke: Notify,
     /// Set while the task takes: a receive whose deadline passes meanwhile waits briefly for
@@ -65,14 +70,47 @@ pub(super) struct Watch {
     taking: AtomicBool,
 }
 
+impl Watch {
+    /// `n` receivers were served by a take.
+    fn served(&self, n: usize) {
+        let _ = self
+            .wants
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w.saturating_sub(n))
+            });
+    }
+}
+
 /// One receiver's place on a [`Watch`]; leaving it (dropped) tells the task.
-struct Waiting(Arc<Watch>);
+struct Waiting {
+    watch: Arc<Watch>,
+    /// Whether this receiver got a message.
+    served: bool,
+}
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
-        self.0.poke.notify_one();
+        if !self.served {
+            self.watch.served(1);
+        }
+        self.watch.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.watch.poke.notify_one();
     }
+}
+
+/// The sequence number a wake-up announces, if it says its message is the first one stored
+/// on `subject` (no message before it there). Only a hint: the take checks it.
+fn first_stored(wake: &async_nats::Message, subject: &str, stream: &str) -> Option<u64> {
+    let headers = wake.headers.as_ref()?;
+    let value =
+        |name: async_nats::header::HeaderName| headers.get(name).map(|v| v.as_str().to_owned());
+    if value(async_nats::header::NATS_SUBJECT)?.as_str() != subject
+        || value(async_nats::header::NATS_STREAM)?.as_str() != stream
+        || value(async_nats::header::NATS_LAST_SEQUENCE)?.as_str() != "0"
+    {
+        return None;
+    }
+    value(async_nats::header::NATS_SEQUENCE)?.parse().ok()
 }
 
 /// What a take did.
@@ -92,15 +130,23 @@ impl Inner {
         let mut watches = self.watches.lock();
         if let Some(watch) = watches.get(channel) {
             watch.waiters.fetch_add(1, Ordering::AcqRel);
+            watch.wants.fetch_add(1, Ordering::AcqRel);
             watch.poke.notify_one();
-            return Ok(Waiting(watch.clone()));
+            return Ok(Waiting {
+                watch: watch.clone(),
+                served: false,
+            });
         }
         let handle = rt::handle()?;
         let watch = Arc::new(Watch::default());
         watch.waiters.store(1, Ordering::Release);
+        watch.wants.store(1, Ordering::Release);
         watches.insert(channel.to_owned(), watch.clone());
         handle.spawn(self.clone().watch(channel.to_owned(), watch.clone()));
-        Ok(Waiting(watch))
+        Ok(Waiting {
+            watch,
+            served: false,
+        })
     }
 
     /// Forgets `watch` if nobody waits on it (under the lock `join` takes, so no receiver
@@ -120,6 +166,9 @@ impl Inner {
     async fn watch(self: Arc<Self>, channel: String, watch: Arc<Watch>) {
         let capacity = self.config.layer.capacity_for(&channel);
         let wake_subject = subjects::wake_subject(&self.config.prefix, capacity, &channel);
+        let subject = subjects::channel_subject(&self.config.prefix, capacity, &channel);
+        let stream_name = self.place(&channel).0.cached_info().config.name.clone();
+        let stream_name = stream_name.as_str();
         let mut wake = self.client.subscribe(wake_subject).await.ok();
         let mut ahead = VecDeque::new();
         let mut pause = RETRY_MIN;
@@ -146,13 +195,17 @@ impl Inner {
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(_)) = subscription.next().now_or_never() {}
             }
-            let want = waiting.saturating_sub(self.local.queued_len(&channel));
+            let want = self.wanted(&channel, watch.wants.load(Ordering::Acquire));
+            let mut empty = false;
             let wait = if want == 0 {
                 linger
             } else {
                 watch.taking.store(true, Ordering::Release);
                 let taken = self.take(&channel, want, &mut ahead).await;
                 watch.taking.store(false, Ordering::Release);
+                if let Ok(t) = &taken {
+                    watch.served(t.delivered);
+                }
                 match taken {
                     Ok(t) if t.delivered > 0 || t.more => {
                         pause = RETRY_MIN;
@@ -160,6 +213,7 @@ impl Inner {
                     }
                     Ok(_) => {
                         pause = RETRY_MIN;
+                        empty = ahead.is_empty();
                         LOOK_AGAIN
                     }
                     Err(e) => {
@@ -171,21 +225,105 @@ impl Inner {
             };
             let rung = async {
                 match wake.as_mut() {
-                    Some(subscription) => {
-                        if subscription.next().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
+                    Some(subscription) => match subscription.next().await {
+                        Some(wake) => wake,
+                        None => std::future::pending().await,
+                    },
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = watch.poke.notified() => {}
-                () = changed => {}
-                () = rung => {}
-                () = tokio::time::sleep(wait) => {}
+            let rung = tokio::select! {
+                () = watch.poke.notified() => None,
+                () = changed => None,
+                wake = rung => Some(wake),
+                () = tokio::time::sleep(wait) => None,
+            };
+            // The first message stored on a channel found empty: taken with one round trip.
+            let first = rung.and_then(|wake| {
+                let sequence = first_stored(&wake, &subject, stream_name).filter(|_| empty)?;
+                Some((wake, sequence))
+            });
+            if let Some((wake, sequence)) = first {
+                if self.wanted(&channel, watch.wants.load(Ordering::Acquire)) > 0 {
+                    watch.taking.store(true, Ordering::Release);
+                    let taken = self.take_announced(&channel, &wake, sequence).await;
+                    watch.taking.store(false, Ordering::Release);
+                    match taken {
+                        Ok(delivered) => watch.served(usize::from(delivered)),
+                        Err(e) => {
+                            self.backend_error(e);
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// Takes the message a wake-up announced as the first one stored on the channel since it
+    /// was found empty, with one purge through it: one round trip. The purge is filtered to
+    /// this channel's subject, so a wake-up naming another channel's message takes nothing
+    /// of it; and the wake-up's copy is delivered only if the purge removed exactly one
+    /// message. (A purge that removed more than that one means the wake-up lied about being
+    /// the first: all it removed is counted lost, nothing delivered.) The copy comes from the
+    /// server's republish: who may publish on the wake subjects can forge it, so grant
+    /// clients no publish permission on `<prefix>.wake.>` where that matters (contract §5).
+    async fn take_announced(
+        &self,
+        channel: &str,
+        wake: &async_nats::Message,
+        sequence: u64,
+    ) -> Result<bool, BackendError> {
+        let (stream, subject) = self.place(channel);
+        self.in_turn(channel, async {
+            match self.purge_once_only(stream, &subject, sequence).await? {
+                0 => Ok(false),
+                1 => {
+                    let headers = wake.headers.clone().unwrap_or_default();
+                    let time = headers
+                        .get(async_nats::header::NATS_TIME_STAMP)
+                        .and_then(|t| {
+                            time::OffsetDateTime::parse(
+                                t.as_str(),
+                                &time::format_description::well_known::Rfc3339,
+                            )
+                            .ok()
+                        })
+                        .unwrap_or_else(time::OffsetDateTime::now_utc);
+                    let found = StreamMessage {
+                        subject: subject.as_str().into(),
+                        sequence,
+                        headers,
+                        payload: wake.payload.clone(),
+                        time,
+                    };
+                    Ok(self.deliver(channel, &found))
+                }
+                removed => {
+                    Counters::add(&self.counters.lost, removed);
+                    Ok(false)
+                }
+            }
+        })
+        .await
+    }
+
+    /// How many messages a take for `channel` should fetch for `wants` receivers that no take
+    /// has served yet: one each, and the prefetch topped up once the local buffer holds less
+    /// than half of it; as far as the local buffer has room.
+    fn wanted(&self, channel: &str, wants: usize) -> usize {
+        let queued = self.local.queued_len(channel);
+        let prefetch = self.config.receive_prefetch;
+        let top_up = if wants > 0 && queued.saturating_mul(2) < prefetch {
+            prefetch - queued
+        } else {
+            0
+        };
+        let room = self
+            .config
+            .layer
+            .capacity_for(channel)
+            .saturating_sub(queued);
+        (wants + top_up).min(room)
     }
 
     /// Takes up to `want` messages of `channel` into the local buffer, in the channel's turn.
@@ -240,11 +378,17 @@ impl Inner {
         }
         // Reading stops at the operation timeout, so no take outlives it by more than the
         // purge's round trip.
+        let batched = self.batched(stream);
         while batch.len() < want && started.elapsed() < self.config.operation_timeout {
             let from = batch.last().map_or(0, |m: &StreamMessage| m.sequence + 1);
-            match self.read_from(stream, &subject, from).await? {
-                Some(found) => batch.push(found),
-                None => break,
+            let count = batch.len();
+            if batched {
+                batch.extend(self.read_many(stream, &subject, from, want - count).await?);
+            } else if let Some(found) = self.read_from(stream, &subject, from).await? {
+                batch.push(found);
+            }
+            if batch.len() == count {
+                break;
             }
         }
         let Some(last) = batch.last().map(|m| m.sequence) else {
@@ -272,28 +416,34 @@ impl Inner {
             more: removed < batch.len(),
         };
         for found in batch.drain(batch.len() - removed..) {
-            let left = life_left(&found, self.config.layer.expiry);
-            if left.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                Counters::add(&self.counters.expired, 1);
+            if self.deliver(channel, &found) {
+                taken.delivered += 1;
+            } else {
                 taken.more = true;
-                continue;
             }
-            let message = match self.codec.unpack(&found.payload, left.min(1e9)) {
-                Ok(decoded) => decoded.message,
-                Err(_) => {
-                    Counters::add(&self.counters.undecodable, 1);
-                    taken.more = true;
-                    continue;
-                }
-            };
-            self.keep(
-                channel,
-                message,
-                Instant::now() + Duration::from_secs_f64(left.min(1e9)),
-            );
-            taken.delivered += 1;
         }
         Ok(taken)
+    }
+
+    /// Up to `count` messages of `subject` from sequence `from` on, in one batched read.
+    async fn read_many(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        subject: &str,
+        from: u64,
+        count: usize,
+    ) -> Result<Vec<StreamMessage>, BackendError> {
+        let request = serde_json::json!({
+            "batch": count.clamp(1, super::api::MAX_READ),
+            "next_by_subj": subject,
+            "seq": from.max(1),
+        });
+        let found = self.read_batch(stream, request).await?.unwrap_or_default();
+        // What the server sent is checked against the subject asked for all the same.
+        Ok(found
+            .into_iter()
+            .filter(|m| m.subject.as_str() == subject && m.sequence >= from)
+            .collect())
     }
 
     /// [`Inner::purge_through`], asked again when its answer is lost: the second answer counts
@@ -327,6 +477,30 @@ impl Inner {
         }))
     }
 
+    /// Hands a message this layer has taken to the receivers here: `false` when it had expired
+    /// or could not be decoded (it is counted so).
+    fn deliver(&self, channel: &str, found: &StreamMessage) -> bool {
+        let left = life_left(found, self.config.layer.expiry);
+        if left.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            Counters::add(&self.counters.expired, 1);
+            return false;
+        }
+        match self.codec.unpack(&found.payload, left.min(1e9)) {
+            Ok(decoded) => {
+                self.keep(
+                    channel,
+                    decoded.message,
+                    Instant::now() + Duration::from_secs_f64(left.min(1e9)),
+                );
+                true
+            }
+            Err(_) => {
+                Counters::add(&self.counters.undecodable, 1);
+                false
+            }
+        }
+    }
+
     /// Queues a taken message for the receivers here.
     fn keep(&self, channel: &str, message: Message, deadline: Instant) {
         match self.local.deliver_arrived(channel, message, deadline) {
@@ -348,14 +522,26 @@ impl Inner {
         if let Ok(m) = self.local.try_receive(channel) {
             return Ok(m);
         }
-        let waiting = self.join(channel)?;
+        let mut waiting = self.join(channel)?;
+        let received = self.receive_locally(channel, deadline, &waiting).await;
+        waiting.served = received.is_ok();
+        received
+    }
+
+    /// Waits for a take of the channel's watch to hand this receiver a message.
+    async fn receive_locally(
+        &self,
+        channel: &str,
+        deadline: Option<Instant>,
+        waiting: &Waiting,
+    ) -> Result<Message, ReceiveError> {
         match self.local.receive_until_async(channel, deadline).await {
             Err(ReceiveError::Timeout) => {
                 // A take finishing for this receive right now ends within a round trip: wait
                 // that long (at most TAKE_GRACE) so that its message goes to this receiver
                 // instead of waiting in this layer for the channel's next receive.
                 let until = Instant::now() + TAKE_GRACE;
-                while waiting.0.taking.load(Ordering::Acquire) && Instant::now() < until {
+                while waiting.watch.taking.load(Ordering::Acquire) && Instant::now() < until {
                     let step = Some((Instant::now() + Duration::from_millis(2)).min(until));
                     match self.local.receive_until_async(channel, step).await {
                         Err(ReceiveError::Timeout) => {}

@@ -17,6 +17,9 @@
 /// The header holding a message's expiry in seconds, set by its sender.
 pub(super) const EXPIRY_HEADER: &str = "Channel-Layer-Expiry";
 
+/// The header a key-value client sets on a delete or purge mark (`DEL`, `PURGE`).
+pub(super) const KV_OPERATION: &str = "KV-Operation";
+
 /// A channel name as one subject token.
 pub(super) fn channel_token(channel: &str) -> String {
     channel.replace('.', "~")
