@@ -122,3 +122,42 @@ fn lose_one_node_of_a_three_node_cluster() {
         },
     );
 }
+
+/// The node leading `stream` (its index), as node 0's monitoring endpoint reports it.
+fn stream_leader(cluster: &NatsCluster, stream: &str) -> Option<usize> {
+    for i in 0..3 {
+        let Some(jsz) = cluster.monitor(i, "/jsz?streams=true") else {
+            continue;
+        };
+        let jsz: serde_json::Value = serde_json::from_str(&jsz).ok()?;
+        let accounts = jsz["account_details"].as_array()?;
+        for account in accounts {
+            for detail in account["stream_detail"].as_array().into_iter().flatten() {
+                if detail["name"] == stream {
+                    let leader = detail["cluster"]["leader"].as_str()?;
+                    return leader.strip_prefix('n')?.parse().ok();
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn kill_the_stream_leader_mid_traffic_and_deliver_nothing_twice() {
+    let Some(cluster) = NatsCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    // The traffic's channels live in the stream of capacity 100,000 (see `config_for`).
+    let stream = "asgi_ch_100000";
+    let _made = layer(&url, 3);
+    let leader = stream_leader(&cluster, stream).expect("the stream has a leader");
+    println!("kill -9 the leader of {stream}: node n{leader}");
+    // Takes are purges through the stream's replicated log: a leader change neither repeats
+    // nor loses one, so the traffic's checks (every message at most once, in order; every
+    // accepted message received or counted lost) hold across it.
+    across_a_fault(&url, &url, 3, "kill -9 the stream leader", || {
+        cluster.kill(leader);
+    });
+}
