@@ -98,7 +98,7 @@ impl Inner {
             let stream = self.js.get_stream(&name).await.map_err(|e| {
                 failure(BackendErrorKind::Unavailable, format!("opening {name}"), e)
             })?;
-            let head = format!("{}.ch.{capacity}.", self.config.prefix);
+            let head = subjects::channel_subject_head(&self.config.prefix, capacity);
             for (subject, queued) in listed {
                 let Some(token) = subject.strip_prefix(&head) else {
                     continue;
@@ -119,9 +119,13 @@ impl Inner {
             }
         }
         channels.sort_by(|a, b| a.name.cmp(&b.name));
-        let bucket = format!("KV_{}", self.groups.name);
+        let bucket = subjects::bucket_stream(&self.groups.name);
         let keys = self
-            .subjects_of(&bucket, &format!("$KV.{}.>", self.groups.name), usize::MAX)
+            .subjects_of(
+                &bucket,
+                &subjects::bucket_subjects(&self.groups.name),
+                usize::MAX,
+            )
             .await?;
         let mut groups: BTreeMap<String, Vec<MemberState>> = BTreeMap::new();
         for subject in keys.keys() {

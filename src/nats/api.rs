@@ -250,7 +250,7 @@ impl Inner {
     /// The names of this prefix's channel streams, with their capacities.
     pub(super) async fn channel_streams(&self) -> Result<Vec<(String, usize)>, BackendError> {
         use futures_util::StreamExt as _;
-        let ours = format!("{}_ch_", self.config.prefix);
+        let ours = super::subjects::stream_name_head(&self.config.prefix);
         let mut names = Box::pin(self.js.stream_names());
         let mut streams = Vec::new();
         while let Some(name) = names.next().await {

@@ -110,7 +110,7 @@ impl Inner {
                 return Ok(members.into_iter().collect());
             }
         }
-        let stream = format!("KV_{}", self.groups.name);
+        let stream = subjects::bucket_stream(&self.groups.name);
         let listed = self.subjects_of(&stream, &filter, usize::MAX).await?;
         let members: BTreeSet<String> = listed
             .keys()

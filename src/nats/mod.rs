@@ -357,5 +357,9 @@ impl ChannelLayer for NatsLayer {
         self.inner.put_back();
         self.inner.local.close();
         self.inner.changed.notify_waiters();
+        // Receivers waiting for a take see the layer closed.
+        for watch in self.inner.watches.lock().values() {
+            watch.wake_receivers();
+        }
     }
 }

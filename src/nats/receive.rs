@@ -56,45 +56,55 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 /// A channel receivers here wait on.
 #[derive(Default)]
 pub(super) struct Watch {
-    /// How many receivers wait.
+    /// How many receivers wait for a message that is not in the local buffer yet. A receiver
+    /// leaves this count *before* it takes a message from the local buffer, so waiting
+    /// receivers less queued messages never counts one that is about to be served: a take
+    /// never fetches for a receiver that has its message.
     waiters: AtomicUsize,
-    /// How many of them no take has served yet: each receiver adds one when it comes and a
-    /// take removes one per message it hands over, so a take never fetches for a receiver
-    /// that a message already in the local buffer is going to serve. A receiver that leaves
-    /// without a message gives its one back.
-    wants: AtomicUsize,
     /// A receiver came or left: the task looks again, or ends.
     poke: Notify,
+    /// The task put messages in the local buffer (or the layer closed).
+    delivered: Notify,
     /// Set while the task takes: a receive whose deadline passes meanwhile waits briefly for
     /// the outcome rather than leave a message it caused to be taken in the local buffer.
     taking: AtomicBool,
 }
 
+/// One receiver's place among a [`Watch`]'s waiters; leaving it (dropped) tells the task.
+struct Waiting {
+    watch: Arc<Watch>,
+    /// Whether this receiver is counted among the waiters.
+    counted: bool,
+}
+
 impl Watch {
-    /// `n` receivers were served by a take.
-    fn served(&self, n: usize) {
-        let _ = self
-            .wants
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                Some(w.saturating_sub(n))
-            });
+    /// Wakes every receiver waiting on this watch (they look again).
+    pub(super) fn wake_receivers(&self) {
+        self.delivered.notify_waiters();
     }
 }
 
-/// One receiver's place on a [`Watch`]; leaving it (dropped) tells the task.
-struct Waiting {
-    watch: Arc<Watch>,
-    /// Whether this receiver got a message.
-    served: bool,
+impl Waiting {
+    fn leave(&mut self) {
+        if self.counted {
+            self.counted = false;
+            self.watch.waiters.fetch_sub(1, Ordering::AcqRel);
+            self.watch.poke.notify_one();
+        }
+    }
+
+    fn rejoin(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            self.watch.waiters.fetch_add(1, Ordering::AcqRel);
+            self.watch.poke.notify_one();
+        }
+    }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if !self.served {
-            self.watch.served(1);
-        }
-        self.watch.waiters.fetch_sub(1, Ordering::AcqRel);
-        self.watch.poke.notify_one();
+        self.leave();
     }
 }
 
@@ -130,22 +140,20 @@ impl Inner {
         let mut watches = self.watches.lock();
         if let Some(watch) = watches.get(channel) {
             watch.waiters.fetch_add(1, Ordering::AcqRel);
-            watch.wants.fetch_add(1, Ordering::AcqRel);
             watch.poke.notify_one();
             return Ok(Waiting {
                 watch: watch.clone(),
-                served: false,
+                counted: true,
             });
         }
         let handle = rt::handle()?;
         let watch = Arc::new(Watch::default());
         watch.waiters.store(1, Ordering::Release);
-        watch.wants.store(1, Ordering::Release);
         watches.insert(channel.to_owned(), watch.clone());
         handle.spawn(self.clone().watch(channel.to_owned(), watch.clone()));
         Ok(Waiting {
             watch,
-            served: false,
+            counted: true,
         })
     }
 
@@ -195,10 +203,7 @@ impl Inner {
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(_)) = subscription.next().now_or_never() {}
             }
-            // Those served are at most the receivers waiting now: a receiver that comes while
-            // the take is under way keeps its claim on the next one.
-            let wants = watch.wants.load(Ordering::Acquire);
-            let want = self.wanted(&channel, wants);
+            let want = self.wanted(&channel, waiting);
             let mut empty = false;
             let wait = if want == 0 {
                 linger
@@ -206,8 +211,8 @@ impl Inner {
                 watch.taking.store(true, Ordering::Release);
                 let taken = self.take(&channel, want, &mut ahead).await;
                 watch.taking.store(false, Ordering::Release);
-                if let Ok(t) = &taken {
-                    watch.served(t.delivered.min(wants));
+                if taken.as_ref().is_ok_and(|t| t.delivered > 0) {
+                    watch.delivered.notify_waiters();
                 }
                 match taken {
                     Ok(t) if t.delivered > 0 || t.more => {
@@ -247,13 +252,13 @@ impl Inner {
                 Some((wake, sequence))
             });
             if let Some((wake, sequence)) = first {
-                let wants = watch.wants.load(Ordering::Acquire);
-                if self.wanted(&channel, wants) > 0 {
+                if self.wanted(&channel, watch.waiters.load(Ordering::Acquire)) > 0 {
                     watch.taking.store(true, Ordering::Release);
                     let taken = self.take_announced(&channel, &wake, sequence).await;
                     watch.taking.store(false, Ordering::Release);
                     match taken {
-                        Ok(delivered) => watch.served(usize::from(delivered).min(wants)),
+                        Ok(true) => watch.delivered.notify_waiters(),
+                        Ok(false) => {}
                         Err(e) => {
                             self.backend_error(e);
                         }
@@ -531,38 +536,67 @@ impl Inner {
             return Ok(m);
         }
         let mut waiting = self.join(channel)?;
-        let received = self.receive_locally(channel, deadline, &waiting).await;
-        waiting.served = received.is_ok();
-        received
+        self.receive_locally(channel, deadline, &mut waiting).await
     }
 
-    /// Waits for a take of the channel's watch to hand this receiver a message.
+    /// Waits until the local buffer holds a message for this receiver, then leaves the count of
+    /// waiters and takes it. A receive whose deadline passes while a take is under way waits
+    /// for that take (at most [`TAKE_GRACE`]), so the message it may bring goes to this
+    /// receiver rather than wait here for the channel's next receive.
     async fn receive_locally(
         &self,
         channel: &str,
         deadline: Option<Instant>,
-        waiting: &Waiting,
+        waiting: &mut Waiting,
     ) -> Result<Message, ReceiveError> {
-        match self.local.receive_until_async(channel, deadline).await {
-            Err(ReceiveError::Timeout) => {
-                // A take finishing for this receive right now ends within a round trip: wait
-                // that long (at most TAKE_GRACE) so that its message goes to this receiver
-                // instead of waiting in this layer for the channel's next receive.
-                let until = Instant::now() + TAKE_GRACE;
-                while waiting.watch.taking.load(Ordering::Acquire) && Instant::now() < until {
-                    let step = Some((Instant::now() + Duration::from_millis(2)).min(until));
-                    match self.local.receive_until_async(channel, step).await {
-                        Err(ReceiveError::Timeout) => {}
-                        other => return other,
-                    }
-                }
+        let watch = waiting.watch.clone();
+        let mut grace_until = None;
+        loop {
+            let delivered = watch.delivered.notified();
+            let mut delivered = std::pin::pin!(delivered);
+            delivered.as_mut().enable();
+            if self.local.queued_len(channel) > 0 {
+                waiting.leave();
                 match self.local.try_receive(channel) {
-                    Ok(message) => Ok(message),
-                    Err(TryReceiveError::Closed) => Err(ReceiveError::Closed),
-                    Err(_) => Err(ReceiveError::Timeout),
+                    Ok(message) => return Ok(message),
+                    Err(TryReceiveError::Closed) => return Err(ReceiveError::Closed),
+                    // Another receiver here took it, or it had expired: wait on.
+                    Err(_) => waiting.rejoin(),
                 }
+                continue;
             }
-            other => other,
+            if self.is_closed() {
+                return Err(ReceiveError::Closed);
+            }
+            let now = Instant::now();
+            let until = match (deadline, grace_until) {
+                (_, Some(grace)) if now >= grace || !watch.taking.load(Ordering::Acquire) => {
+                    return Err(ReceiveError::Timeout);
+                }
+                (_, Some(grace)) => Some(grace),
+                (Some(deadline), None) if now >= deadline => {
+                    let grace = now + TAKE_GRACE;
+                    grace_until = Some(grace);
+                    if !watch.taking.load(Ordering::Acquire) {
+                        return Err(ReceiveError::Timeout);
+                    }
+                    Some(grace)
+                }
+                (deadline, None) => deadline,
+            };
+            // While in the grace period, look again every couple of milliseconds: the take's
+            // end is not announced unless it delivers.
+            let until = match grace_until {
+                Some(_) => until.map(|u| u.min(Instant::now() + Duration::from_millis(2))),
+                None => until,
+            };
+            match until {
+                Some(until) => {
+                    let sleep = crate::runtime::sleep_until(until);
+                    futures_util::future::select(delivered, std::pin::pin!(sleep)).await;
+                }
+                None => delivered.await,
+            }
         }
     }
 

@@ -169,7 +169,7 @@ async fn make_bucket(
     storage: stream::StorageType,
 ) -> Result<(kv::Store, stream::Stream), BuildError> {
     let bucket = subjects::groups_bucket(&config.prefix);
-    let name = format!("KV_{bucket}");
+    let name = subjects::bucket_stream(&bucket);
     let wanted = stream::Config {
         name: name.clone(),
         description: Some(format!(
@@ -177,7 +177,7 @@ async fn make_bucket(
             config.prefix,
             capacity_record(config)
         )),
-        subjects: vec![format!("$KV.{bucket}.>")],
+        subjects: vec![subjects::bucket_subjects(&bucket)],
         max_messages_per_subject: 1,
         max_age: config.layer.group_expiry,
         discard: stream::DiscardPolicy::New,

@@ -32,12 +32,26 @@ pub(super) fn channel_of_token(token: &str) -> String {
 
 /// The name of the stream holding channels of capacity `capacity`.
 pub(super) fn stream_name(prefix: &str, capacity: usize) -> String {
-    format!("{prefix}_ch_{capacity}")
+    format!("{}{capacity}", stream_name_head(prefix))
 }
 
 /// The subject messages for `channel` (of capacity `capacity`) are published on.
 pub(super) fn channel_subject(prefix: &str, capacity: usize, channel: &str) -> String {
-    format!("{prefix}.ch.{capacity}.{}", channel_token(channel))
+    format!(
+        "{}{}",
+        channel_subject_head(prefix, capacity),
+        channel_token(channel)
+    )
+}
+
+/// What the names of this prefix's channel streams start with (the capacity follows).
+pub(super) fn stream_name_head(prefix: &str) -> String {
+    format!("{prefix}_ch_")
+}
+
+/// What the subjects of the stream of capacity `capacity` start with (the token follows).
+pub(super) fn channel_subject_head(prefix: &str, capacity: usize) -> String {
+    format!("{prefix}.ch.{capacity}.")
 }
 
 /// The subjects the stream of capacity `capacity` captures.
@@ -58,6 +72,16 @@ pub(super) fn wake_subjects(prefix: &str, capacity: usize) -> String {
 /// The key-value bucket of group memberships.
 pub(super) fn groups_bucket(prefix: &str) -> String {
     format!("{prefix}_groups")
+}
+
+/// The stream behind a key-value bucket.
+pub(super) fn bucket_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subjects of every key of a bucket.
+pub(super) fn bucket_subjects(bucket: &str) -> String {
+    format!("$KV.{bucket}.>")
 }
 
 fn key_part(name: &str) -> String {
