@@ -141,9 +141,11 @@ impl Inner {
         message: Message,
     ) -> Result<(), SendError> {
         let (message, payload) = self.prepare(channel, message)?;
-        let inner = self.clone();
-        let to = channel.to_owned();
-        match rt::run(async move { inner.publish(&to, payload).await }).await {
+        let stored = match rt::inline(self.publish(channel, payload)) {
+            Ok(publishing) => publishing.await,
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(Stored::Yes) => {
                 Counters::add(&self.counters.sent, 1);
                 Ok(())
