@@ -284,7 +284,11 @@ impl Inner {
     ) -> Result<bool, BackendError> {
         let (stream, subject) = self.place(channel);
         self.in_turn(channel, async {
-            match self.purge_once_only(stream, &subject, sequence).await? {
+            let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
+            match self
+                .purge_once_only(stream, &subject, sequence, deadline)
+                .await?
+            {
                 0 => Ok(false),
                 1 => {
                     let headers = wake.headers.clone().unwrap_or_default();
@@ -316,13 +320,13 @@ impl Inner {
         .await
     }
 
-    /// How many messages a take for `channel` should fetch for `wants` receivers that no take
-    /// has served yet: one each, and the prefetch topped up once the local buffer holds less
-    /// than half of it; as far as the local buffer has room.
-    fn wanted(&self, channel: &str, wants: usize) -> usize {
+    /// How many messages a take for `channel` should fetch with `waiting` receivers here: one
+    /// for each that the local buffer cannot serve, and, while any waits, the prefetch topped
+    /// up once the local buffer holds less than half of it; as far as the buffer has room.
+    fn wanted(&self, channel: &str, waiting: usize) -> usize {
         let queued = self.local.queued_len(channel);
         let prefetch = self.config.receive_prefetch;
-        let top_up = if wants > 0 && queued.saturating_mul(2) < prefetch {
+        let top_up = if waiting > 0 && queued.saturating_mul(2) < prefetch {
             prefetch - queued
         } else {
             0
@@ -332,7 +336,7 @@ impl Inner {
             .layer
             .capacity_for(channel)
             .saturating_sub(queued);
-        (wants + top_up).min(room)
+        (waiting.saturating_sub(queued) + top_up).min(room)
     }
 
     /// Takes up to `want` messages of `channel` into the local buffer, in the channel's turn.
@@ -377,7 +381,11 @@ impl Inner {
     ) -> Result<Taken, BackendError> {
         let (stream, subject) = self.place(channel);
         let want = want.clamp(1, MAX_BATCH);
-        let started = Instant::now();
+        // One operation timeout for the whole take: reading gets the first half, the purge
+        // (and its retries) what is left, so no take outlives it.
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.config.operation_timeout;
+        let reading = started + self.config.operation_timeout / 2;
         let mut batch = Vec::with_capacity(want.min(16));
         while batch.len() < want {
             match ahead.pop_front() {
@@ -385,16 +393,24 @@ impl Inner {
                 None => break,
             }
         }
-        // Reading stops at the operation timeout, so no take outlives it by more than the
-        // purge's round trip.
         let batched = self.batched(stream);
-        while batch.len() < want && started.elapsed() < self.config.operation_timeout {
+        while batch.len() < want {
             let from = batch.last().map_or(0, |m: &StreamMessage| m.sequence + 1);
             let count = batch.len();
-            if batched {
-                batch.extend(self.read_many(stream, &subject, from, want - count).await?);
-            } else if let Some(found) = self.read_from(stream, &subject, from).await? {
-                batch.push(found);
+            let read = async {
+                if batched {
+                    self.read_many(stream, &subject, from, want - count).await
+                } else {
+                    Ok(self
+                        .read_from(stream, &subject, from)
+                        .await?
+                        .into_iter()
+                        .collect())
+                }
+            };
+            match tokio::time::timeout_at(reading, read).await {
+                Ok(found) => batch.extend(found?),
+                Err(_) => break,
             }
             if batch.len() == count {
                 break;
@@ -404,7 +420,7 @@ impl Inner {
             return Ok(Taken::default());
         };
         let read_next = ahead.is_empty();
-        let (removed, next) = tokio::join!(self.purge_once_only(stream, &subject, last), async {
+        let read_ahead = async {
             if !read_next {
                 Vec::new()
             } else if batched {
@@ -419,7 +435,15 @@ impl Inner {
                     .into_iter()
                     .collect()
             }
-        });
+        };
+        let (removed, next) = tokio::join!(
+            self.purge_once_only(stream, &subject, last, deadline),
+            async {
+                tokio::time::timeout_at(deadline, read_ahead)
+                    .await
+                    .unwrap_or_default()
+            }
+        );
         ahead.extend(next);
         let removed = usize::try_from(removed?)
             .unwrap_or(usize::MAX)
@@ -459,18 +483,22 @@ impl Inner {
             .collect())
     }
 
-    /// [`Inner::purge_through`], asked again when its answer is lost: the second answer counts
-    /// what was still there, and what the lost one may have removed is counted lost.
+    /// [`Inner::purge_through`], asked again when its answer is lost, until `deadline`: the
+    /// answer that comes counts what was still there, and what a lost one may have removed is
+    /// counted lost.
     async fn purge_once_only(
         &self,
         stream: &async_nats::jetstream::stream::Stream,
         subject: &str,
         last: u64,
+        deadline: tokio::time::Instant,
     ) -> Result<u64, BackendError> {
         let mut unsure = None;
-        for _ in 0..3 {
-            match self.purge_through(stream, subject, last).await {
-                Ok(removed) => {
+        loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, self.purge_through(stream, subject, last));
+            match attempt.await {
+                Ok(Ok(removed)) => {
                     if unsure.is_some() {
                         // Unknown: the batch's other messages went to the lost purge or to
                         // other receivers. Counted, never delivered.
@@ -478,11 +506,18 @@ impl Inner {
                     }
                     return Ok(removed);
                 }
-                Err(e) => {
-                    unsure = Some(e);
-                    tokio::time::sleep(RETRY_MIN).await;
+                Ok(Err(e)) => unsure = Some(e),
+                Err(_) => {
+                    unsure = Some(BackendError::new(
+                        crate::error::BackendErrorKind::Timeout,
+                        format!("taking messages of {subject}: no answer in time"),
+                    ));
                 }
             }
+            if tokio::time::Instant::now() + RETRY_MIN >= deadline {
+                break;
+            }
+            tokio::time::sleep(RETRY_MIN).await;
         }
         Counters::add(&self.counters.lost, 1);
         Err(unsure.unwrap_or_else(|| {

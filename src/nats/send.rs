@@ -69,21 +69,46 @@ impl Inner {
     }
 
     /// Publishes `payload` to `channel` and waits for the stream's acknowledgement, trying once
-    /// more after dropping expired messages at the head of a channel that is full.
-    async fn publish(&self, channel: &str, payload: Bytes) -> Result<Stored, BackendError> {
-        let (stream, subject) = self.place(channel);
+    /// more after clearing expired messages at the head of a channel that is full; all within
+    /// one operation timeout.
+    async fn publish(
+        self: &Arc<Self>,
+        channel: &str,
+        payload: Bytes,
+    ) -> Result<Stored, BackendError> {
+        let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
+        let (_, subject) = self.place(channel);
         match self.publish_once(&subject, payload.clone()).await? {
-            Stored::Full if self.prune(stream, &subject).await? > 0 => {
-                self.publish_once(&subject, payload).await
-            }
-            stored => Ok(stored),
+            Stored::Full => {}
+            stored => return Ok(stored),
+        }
+        // Expired messages still count against the limit. They are cleared on the runtime, so
+        // the clearing finishes and counts what it removed even if this send is dropped or
+        // runs out of time meanwhile.
+        let inner = self.clone();
+        let to = channel.to_owned();
+        let clearing = rt::handle()?.spawn(async move {
+            let (stream, subject) = inner.place(&to);
+            inner.prune(stream, &subject, deadline.into_std()).await
+        });
+        match tokio::time::timeout_at(deadline, clearing).await {
+            Ok(Ok(Ok(cleared))) if cleared > 0 => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            _ => return Ok(Stored::Full),
+        }
+        match tokio::time::timeout_at(deadline, self.publish_once(&subject, payload)).await {
+            Ok(stored) => stored,
+            Err(_) => Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                format!("storing a message on {subject}: no acknowledgement in time"),
+            )),
         }
     }
 
     /// Publishes a message taken earlier back to `channel` (at its end): whether it was
     /// stored.
     pub(super) async fn republish(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         payload: Bytes,
     ) -> Result<bool, BackendError> {
@@ -107,16 +132,16 @@ impl Inner {
     }
 
     /// Drops the expired messages at the head of a subject, counting them; how many it dropped.
-    /// Bounded by the operation timeout: a send never waits on more than that here.
+    /// Reading stops at `deadline`.
     pub(super) async fn prune(
         &self,
         stream: &stream::Stream,
         subject: &str,
+        deadline: Instant,
     ) -> Result<u64, BackendError> {
-        let started = Instant::now();
         let mut last_expired = None;
         let mut from = 0;
-        while started.elapsed() < self.config.operation_timeout {
+        while Instant::now() < deadline {
             let Some(found) = self.read_from(stream, subject, from).await? else {
                 break;
             };
@@ -184,11 +209,10 @@ impl Inner {
         Ok(report)
     }
 
-    /// Lists the members, publishes to every one of them at once and collects the
-    /// acknowledgements, all within one operation timeout: a member whose acknowledgement has
-    /// not come by then is skipped as failed (its message may still be stored). A member
-    /// refused as full is tried once more after its expired messages are dropped, within the
-    /// same deadline.
+    /// Lists the members, publishes to every one of them at once (as [`Inner::publish`]) and
+    /// collects the acknowledgements, all within one operation timeout: a member whose
+    /// acknowledgement has not come by then is skipped as failed (its message may still be
+    /// stored).
     async fn deliver_to_group(
         self: &Arc<Self>,
         group: &str,
@@ -202,20 +226,7 @@ impl Inner {
         for member in members {
             let inner = self.clone();
             let payload = payload.clone();
-            pending.push(async move {
-                let (_, subject) = inner.place(&member);
-                match inner.publish_once(&subject, payload.clone()).await {
-                    Ok(Stored::Full) => {
-                        let (stream, _) = inner.place(&member);
-                        match inner.prune(stream, &subject).await {
-                            Ok(n) if n > 0 => inner.publish_once(&subject, payload).await,
-                            Ok(_) => Ok(Stored::Full),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    other => other,
-                }
-            });
+            pending.push(async move { inner.publish(&member, payload).await });
         }
         let collected = tokio::time::timeout_at(deadline, async {
             while let Some(stored) = pending.next().await {
