@@ -300,3 +300,52 @@ fn a_forged_wake_up_takes_nothing_and_delivers_nothing() {
     let m = layer.metrics();
     assert_eq!(m.lost + m.undecodable, 0, "{m:?}");
 }
+
+#[test]
+fn a_send_while_its_stream_is_briefly_missing_is_stored_once_it_is_back() {
+    // In a cluster a stream's interest reaches the other servers a moment after it is created
+    // or moves: a publish in between is answered "no responders". Nothing is stored then, so
+    // the send tries again within its operation timeout instead of failing.
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let layer = layer_on(&server, LayerConfig::default(), Duration::from_secs(3));
+    let prefix = layer.config().prefix.clone();
+    let capacity = layer.config().layer.capacity;
+    layer.send("gap", Message::new("before")).unwrap();
+    assert_eq!(
+        layer.try_receive("gap").unwrap().message_type(),
+        Some("before")
+    );
+    let rt = tokio();
+    let name = format!("{prefix}_ch_{capacity}");
+    let js = rt.block_on(async {
+        async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
+    });
+    let config = rt.block_on(async {
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let config = stream.info().await.unwrap().config.clone();
+        js.delete_stream(&name).await.unwrap();
+        config
+    });
+    let restore = rt.spawn({
+        let js = js.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            js.create_stream(config).await.unwrap();
+        }
+    });
+    let started = Instant::now();
+    let sent = layer.send("gap", Message::new("during"));
+    let took = started.elapsed();
+    rt.block_on(restore).unwrap();
+    assert!(
+        sent.is_ok(),
+        "the send failed while the stream was missing: {sent:?}"
+    );
+    assert!(took < Duration::from_secs(3), "the send took {took:?}");
+    let got = layer
+        .receive_timeout("gap", Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(got.message_type(), Some("during"));
+}

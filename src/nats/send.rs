@@ -78,7 +78,10 @@ impl Inner {
     ) -> Result<Stored, BackendError> {
         let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
         let (_, subject) = self.place(channel);
-        match self.publish_once(&subject, payload.clone()).await? {
+        match self
+            .publish_until(&subject, payload.clone(), deadline)
+            .await?
+        {
             Stored::Full => {}
             stored => return Ok(stored),
         }
@@ -96,7 +99,9 @@ impl Inner {
             Ok(Ok(Err(e))) => return Err(e),
             _ => return Ok(Stored::Full),
         }
-        match tokio::time::timeout_at(deadline, self.publish_once(&subject, payload)).await {
+        match tokio::time::timeout_at(deadline, self.publish_until(&subject, payload, deadline))
+            .await
+        {
             Ok(stored) => stored,
             Err(_) => Err(BackendError::new(
                 BackendErrorKind::Timeout,
@@ -113,6 +118,32 @@ impl Inner {
         payload: Bytes,
     ) -> Result<bool, BackendError> {
         Ok(matches!(self.publish(channel, payload).await?, Stored::Yes))
+    }
+
+    /// Publishes once, and again while the server answers that no stream listens on the
+    /// subject, until `deadline`. Nothing was stored then, so trying again cannot duplicate: in
+    /// a cluster a stream's interest reaches the other servers a moment after it is created or
+    /// after its leader changes, and a publish in between finds no stream.
+    async fn publish_until(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<Stored, BackendError> {
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match self.publish_once(subject, payload.clone()).await {
+                Err(e)
+                    if e.kind() == BackendErrorKind::Unavailable
+                        && !e.may_have_applied()
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                stored => return stored,
+            }
+        }
     }
 
     async fn publish_once(&self, subject: &str, payload: Bytes) -> Result<Stored, BackendError> {
