@@ -349,3 +349,63 @@ fn a_send_while_its_stream_is_briefly_missing_is_stored_once_it_is_back() {
         .unwrap();
     assert_eq!(got.message_type(), Some("during"));
 }
+
+/// How many JetStream API requests (stream purges among them) the server has answered.
+fn api_requests(server: &NatsServer) -> u64 {
+    let jsz = server.monitor("/jsz").expect("/jsz");
+    let jsz: serde_json::Value = serde_json::from_str(&jsz).expect("json");
+    jsz["api"]["total"].as_u64().expect("api.total")
+}
+
+#[test]
+fn a_backlog_on_a_process_specific_channel_is_taken_in_batches() {
+    // A reply channel that piles up (a client collecting many answers) is drained with a purge
+    // per batch, not one per message: only its own process receives it.
+    const SENT: usize = 500;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let config = LayerConfig::builder().capacity(1000).build().unwrap();
+    let layer = layer_on(&server, config, Duration::from_secs(5));
+    let reply = layer.new_channel("answers").unwrap();
+    for n in 0..SENT {
+        layer
+            .send(&reply, Message::new("answer").with("n", n as i64))
+            .unwrap();
+    }
+    let before = api_requests(&server);
+    for n in 0..SENT {
+        let got = layer
+            .receive_timeout(&reply, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            got.get("n").and_then(|v| v.as_i64()),
+            Some(n as i64),
+            "out of order"
+        );
+    }
+    let requests = api_requests(&server) - before;
+    // 2.11 and later read a batch with one request; 2.9 one message per request, a few a take.
+    let varz: serde_json::Value =
+        serde_json::from_str(&server.monitor("/varz").expect("/varz")).expect("json");
+    let version = varz["version"].as_str().unwrap_or("0.0.0").to_owned();
+    let (major, minor) = version
+        .split_once('.')
+        .map(|(a, b)| {
+            let minor = b.split('.').next().unwrap_or("0");
+            (
+                a.parse::<u32>().unwrap_or(0),
+                minor.parse::<u32>().unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    let most = if (major, minor) >= (2, 11) {
+        50
+    } else {
+        SENT as u64 / 2
+    };
+    assert!(
+        requests <= most,
+        "{SENT} messages took {requests} JetStream API requests on {version} (at most {most})"
+    );
+}

@@ -96,6 +96,9 @@ pub struct NatsConfig {
     /// receivers do not get it, it expires here (counted) if nobody receives it, and a layer
     /// that closes puts it back on the server; a process that dies loses it. Leave it at 0 for
     /// channels that several processes share as a work queue.
+    ///
+    /// Process-specific channels (`name!local`, made for one process's receivers) are taken
+    /// in batches of up to 256 while a receiver waits on them, whatever this setting.
     pub receive_prefetch: usize,
     /// User name and password, from the URL's `user:password@`.
     pub user_password: Option<(String, String)>,

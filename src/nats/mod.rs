@@ -20,8 +20,9 @@
 //! - A layer watches a channel only while receivers wait on it: one task and one subscription
 //!   to the channel's wake subject (where the stream republishes what it stores) per watched
 //!   channel, whatever the number of receivers; both end when the last receiver leaves, so a
-//!   receive dropped at any point leaves nothing behind. Wake-ups are only a doorbell: what a
-//!   receiver gets is always read from the stream.
+//!   receive dropped at any point leaves nothing behind. A wake-up carries a copy of the
+//!   stored message and the sequence number of the one before it on its subject: copies that
+//!   continue what the task has read spare it reading them, so a take is its purge alone.
 //! - Group memberships are keys of a key-value bucket, `<prefix>_groups`, whose maximum age is
 //!   the group expiry. A `group_send` lists the group's keys in one request and publishes to
 //!   every member at once, under one deadline.

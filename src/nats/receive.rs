@@ -17,7 +17,9 @@
 //!
 //! While receivers here wait on a channel, one task takes for all of them: as many messages
 //! as they wait for (one purge for the lot), then waits for a wake-up (the stream republishes
-//! each message it stores), for another receiver, or for a reconnect. The task and its one
+//! each message it stores), for another receiver, or for a reconnect. A wake-up's copy that
+//! continues what the task has read (the message before it on the subject is the last one
+//! read) is kept in place of a read, so a take of it is the purge alone. The task and its one
 //! subscription end when the last receiver leaves, however it leaves (a message, a timeout, or
 //! its future dropped), so a storm of cancelled receives leaves nothing behind.
 
@@ -49,6 +51,8 @@ const LINGER: Duration = Duration::from_millis(250);
 const TAKE_GRACE: Duration = Duration::from_millis(50);
 /// The most messages one take reads and purges.
 const MAX_BATCH: usize = 256;
+/// The most reads of one message each a take makes on a server without batched reads.
+const SINGLE_READS: usize = 4;
 /// The first and the longest pause of a watching task after a failed take.
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(500);
@@ -108,19 +112,65 @@ impl Drop for Waiting {
     }
 }
 
-/// The sequence number a wake-up announces, if it says its message is the first one stored
-/// on `subject` (no message before it there). Only a hint: the take checks it.
-fn first_stored(wake: &async_nats::Message, subject: &str, stream: &str) -> Option<u64> {
+/// The most messages read ahead of a take (from wake-ups or the server) held by a watch.
+const MAX_AHEAD: usize = 4 * MAX_BATCH;
+
+/// What a wake-up says of the message it copies: its sequence number and that of the message
+/// stored on the same subject just before it (0 if none), if it is a republish of a message of
+/// `subject` in `stream`.
+fn announced(wake: &async_nats::Message, subject: &str, stream: &str) -> Option<(u64, u64)> {
     let headers = wake.headers.as_ref()?;
-    let value =
-        |name: async_nats::header::HeaderName| headers.get(name).map(|v| v.as_str().to_owned());
-    if value(async_nats::header::NATS_SUBJECT)?.as_str() != subject
-        || value(async_nats::header::NATS_STREAM)?.as_str() != stream
-        || value(async_nats::header::NATS_LAST_SEQUENCE)?.as_str() != "0"
+    let value = |name: async_nats::header::HeaderName| headers.get(name).map(|v| v.as_str());
+    if value(async_nats::header::NATS_SUBJECT)? != subject
+        || value(async_nats::header::NATS_STREAM)? != stream
     {
         return None;
     }
-    value(async_nats::header::NATS_SEQUENCE)?.parse().ok()
+    let sequence = value(async_nats::header::NATS_SEQUENCE)?.parse().ok()?;
+    let before = value(async_nats::header::NATS_LAST_SEQUENCE)?
+        .parse()
+        .ok()?;
+    Some((sequence, before))
+}
+
+/// Adds the message a wake-up copies to `ahead` (the messages known to follow, one after
+/// another, those this watch has taken) when it is the next one: the message stored on its
+/// subject just before it is the last one in `ahead`, or, with `ahead` empty, the last one
+/// this watch purged or none at all. A take then needs no read: its purge is the one round
+/// trip. A wake-up that does not fit (one lost, or one for a message read already) is left
+/// out; reads from the server fill the gap.
+fn chain(
+    ahead: &mut VecDeque<StreamMessage>,
+    wake: &async_nats::Message,
+    subject: &str,
+    stream: &str,
+    purged_through: u64,
+) {
+    let Some((sequence, before)) = announced(wake, subject, stream) else {
+        return;
+    };
+    let fits = match ahead.back() {
+        Some(last) => before == last.sequence,
+        None => sequence > purged_through && (before == 0 || before == purged_through),
+    };
+    if !fits || ahead.len() >= MAX_AHEAD {
+        return;
+    }
+    let headers = wake.headers.clone().unwrap_or_default();
+    let time = headers
+        .get(async_nats::header::NATS_TIME_STAMP)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t.as_str(), &time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    ahead.push_back(StreamMessage {
+        subject: subject.into(),
+        sequence,
+        headers,
+        payload: wake.payload.clone(),
+        time,
+    });
 }
 
 /// What a take did.
@@ -131,6 +181,8 @@ struct Taken {
     /// Messages removed without delivery (expired, undecodable) or read but another
     /// receiver's: more may be there to take at once.
     more: bool,
+    /// The sequence number the take purged through.
+    through: Option<u64>,
 }
 
 impl Inner {
@@ -179,6 +231,7 @@ impl Inner {
         let stream_name = stream_name.as_str();
         let mut wake = self.client.subscribe(wake_subject).await.ok();
         let mut ahead = VecDeque::new();
+        let mut purged_through = 0;
         let mut pause = RETRY_MIN;
         let mut idle_since = None;
         loop {
@@ -199,20 +252,25 @@ impl Inner {
                 LOOK_AGAIN
             };
             let changed = self.changed.notified();
-            // Wake-ups are a doorbell: what has rung so far is answered by this take.
+            // What has rung so far is answered by this take; the copies that follow what it
+            // knows spare it reading them.
             if let Some(subscription) = wake.as_mut() {
-                while let Some(Some(_)) = subscription.next().now_or_never() {}
+                while let Some(Some(rung)) = subscription.next().now_or_never() {
+                    chain(&mut ahead, &rung, &subject, stream_name, purged_through);
+                }
             }
             let want = self.wanted(&channel, waiting);
-            let mut empty = false;
             let wait = if want == 0 {
                 linger
             } else {
                 watch.taking.store(true, Ordering::Release);
                 let taken = self.take(&channel, want, &mut ahead).await;
                 watch.taking.store(false, Ordering::Release);
-                if taken.as_ref().is_ok_and(|t| t.delivered > 0) {
-                    watch.delivered.notify_waiters();
+                if let Ok(t) = &taken {
+                    if t.delivered > 0 {
+                        watch.delivered.notify_waiters();
+                    }
+                    purged_through = t.through.map_or(purged_through, |t| t.max(purged_through));
                 }
                 match taken {
                     Ok(t) if t.delivered > 0 || t.more => {
@@ -221,7 +279,6 @@ impl Inner {
                     }
                     Ok(_) => {
                         pause = RETRY_MIN;
-                        empty = ahead.is_empty();
                         LOOK_AGAIN
                     }
                     Err(e) => {
@@ -246,86 +303,26 @@ impl Inner {
                 wake = rung => Some(wake),
                 () = tokio::time::sleep(wait) => None,
             };
-            // The first message stored on a channel found empty: taken with one round trip.
-            let first = rung.and_then(|wake| {
-                let sequence = first_stored(&wake, &subject, stream_name).filter(|_| empty)?;
-                Some((wake, sequence))
-            });
-            if let Some((wake, sequence)) = first {
-                if self.wanted(&channel, watch.waiters.load(Ordering::Acquire)) > 0 {
-                    watch.taking.store(true, Ordering::Release);
-                    let taken = self.take_announced(&channel, &wake, sequence).await;
-                    watch.taking.store(false, Ordering::Release);
-                    match taken {
-                        Ok(true) => watch.delivered.notify_waiters(),
-                        Ok(false) => {}
-                        Err(e) => {
-                            self.backend_error(e);
-                        }
-                    }
-                }
+            if let Some(rung) = rung {
+                chain(&mut ahead, &rung, &subject, stream_name, purged_through);
             }
         }
-    }
-
-    /// Takes the message a wake-up announced as the first one stored on the channel since it
-    /// was found empty, with one purge through it: one round trip. The purge is filtered to
-    /// this channel's subject, so a wake-up naming another channel's message takes nothing
-    /// of it; and the wake-up's copy is delivered only if the purge removed exactly one
-    /// message. (A purge that removed more than that one means the wake-up lied about being
-    /// the first: all it removed is counted lost, nothing delivered.) The copy comes from the
-    /// server's republish: who may publish on the wake subjects can forge it, so grant
-    /// clients no publish permission on `<prefix>.wake.>` where that matters (contract §5).
-    async fn take_announced(
-        &self,
-        channel: &str,
-        wake: &async_nats::Message,
-        sequence: u64,
-    ) -> Result<bool, BackendError> {
-        let (stream, subject) = self.place(channel);
-        self.in_turn(channel, async {
-            let deadline = tokio::time::Instant::now() + self.config.operation_timeout;
-            match self
-                .purge_once_only(stream, &subject, sequence, deadline)
-                .await?
-            {
-                0 => Ok(false),
-                1 => {
-                    let headers = wake.headers.clone().unwrap_or_default();
-                    let time = headers
-                        .get(async_nats::header::NATS_TIME_STAMP)
-                        .and_then(|t| {
-                            time::OffsetDateTime::parse(
-                                t.as_str(),
-                                &time::format_description::well_known::Rfc3339,
-                            )
-                            .ok()
-                        })
-                        .unwrap_or_else(time::OffsetDateTime::now_utc);
-                    let found = StreamMessage {
-                        subject: subject.as_str().into(),
-                        sequence,
-                        headers,
-                        payload: wake.payload.clone(),
-                        time,
-                    };
-                    Ok(self.deliver(channel, &found))
-                }
-                removed => {
-                    Counters::add(&self.counters.lost, removed);
-                    Ok(false)
-                }
-            }
-        })
-        .await
     }
 
     /// How many messages a take for `channel` should fetch with `waiting` receivers here: one
     /// for each that the local buffer cannot serve, and, while any waits, the prefetch topped
     /// up once the local buffer holds less than half of it; as far as the buffer has room.
+    ///
+    /// A process-specific channel is received only by the process that made it, so messages
+    /// taken ahead for it wait for nobody else: it is taken in batches of up to [`MAX_BATCH`]
+    /// whatever the prefetch.
     fn wanted(&self, channel: &str, waiting: usize) -> usize {
         let queued = self.local.queued_len(channel);
-        let prefetch = self.config.receive_prefetch;
+        let prefetch = if crate::name::is_process_specific(channel) {
+            self.config.receive_prefetch.max(MAX_BATCH)
+        } else {
+            self.config.receive_prefetch
+        };
         let top_up = if waiting > 0 && queued.saturating_mul(2) < prefetch {
             prefetch - queued
         } else {
@@ -393,8 +390,19 @@ impl Inner {
                 None => break,
             }
         }
+        // Messages known to come next (from wake-ups or an earlier read) are taken as they
+        // are; the server is read only when none are known, and then its next read is made
+        // beside the purge.
+        let known = !batch.is_empty();
         let batched = self.batched(stream);
-        while batch.len() < want {
+        // Before 2.11 a read brings one message: a few are read one after another, and the
+        // wake-ups bring the rest.
+        let reads = if batched {
+            want
+        } else {
+            want.min(SINGLE_READS)
+        };
+        while !known && batch.len() < reads {
             let from = batch.last().map_or(0, |m: &StreamMessage| m.sequence + 1);
             let count = batch.len();
             let read = async {
@@ -419,7 +427,7 @@ impl Inner {
         let Some(last) = batch.last().map(|m| m.sequence) else {
             return Ok(Taken::default());
         };
-        let read_next = ahead.is_empty();
+        let read_next = !known && ahead.is_empty();
         let read_ahead = async {
             if !read_next {
                 Vec::new()
@@ -445,12 +453,38 @@ impl Inner {
             }
         );
         ahead.extend(next);
-        let removed = usize::try_from(removed?)
-            .unwrap_or(usize::MAX)
-            .min(batch.len());
+        let (removed, unsure) = match removed {
+            Ok(answer) => answer,
+            Err(e) => {
+                // No purge answered: what any of them removed is nobody's. The batch is
+                // counted lost (some of it may have gone to other receivers), never delivered.
+                Counters::add(&self.counters.lost, batch.len() as u64);
+                return Err(e);
+            }
+        };
+        if removed > batch.len() as u64 {
+            // More removed than were read: the batch was not every message up to its last
+            // (a wake-up that lied about what came before it). Which of them were these is
+            // unknown: all are counted lost, none delivered, and what was read ahead is
+            // forgotten.
+            Counters::add(&self.counters.lost, removed);
+            ahead.clear();
+            return Ok(Taken {
+                delivered: 0,
+                more: true,
+                through: Some(last),
+            });
+        }
+        let removed = usize::try_from(removed).unwrap_or(usize::MAX);
+        if unsure {
+            // A purge before the one that answered removed the rest of the batch, or other
+            // receivers took it: which, is unknown. Counted lost, never delivered.
+            Counters::add(&self.counters.lost, (batch.len() - removed) as u64);
+        }
         let mut taken = Taken {
             delivered: 0,
             more: removed < batch.len(),
+            through: Some(last),
         };
         for found in batch.drain(batch.len() - removed..) {
             if self.deliver(channel, &found) {
@@ -483,29 +517,22 @@ impl Inner {
             .collect())
     }
 
-    /// [`Inner::purge_through`], asked again when its answer is lost, until `deadline`: the
-    /// answer that comes counts what was still there, and what a lost one may have removed is
-    /// counted lost.
+    /// [`Inner::purge_through`], asked again when its answer is lost, until `deadline`: how
+    /// many the answer that came says it removed (what was still there), and whether an
+    /// earlier answer was lost (its purge may have removed messages, which nobody gets).
     async fn purge_once_only(
         &self,
         stream: &async_nats::jetstream::stream::Stream,
         subject: &str,
         last: u64,
         deadline: tokio::time::Instant,
-    ) -> Result<u64, BackendError> {
+    ) -> Result<(u64, bool), BackendError> {
         let mut unsure = None;
         loop {
             let attempt =
                 tokio::time::timeout_at(deadline, self.purge_through(stream, subject, last));
             match attempt.await {
-                Ok(Ok(removed)) => {
-                    if unsure.is_some() {
-                        // Unknown: the batch's other messages went to the lost purge or to
-                        // other receivers. Counted, never delivered.
-                        Counters::add(&self.counters.lost, 1);
-                    }
-                    return Ok(removed);
-                }
+                Ok(Ok(removed)) => return Ok((removed, unsure.is_some())),
                 Ok(Err(e)) => unsure = Some(e),
                 Err(_) => {
                     unsure = Some(BackendError::new(
@@ -519,7 +546,6 @@ impl Inner {
             }
             tokio::time::sleep(RETRY_MIN).await;
         }
-        Counters::add(&self.counters.lost, 1);
         Err(unsure.unwrap_or_else(|| {
             BackendError::new(crate::error::BackendErrorKind::Timeout, "taking messages")
         }))

@@ -5,7 +5,7 @@
 //! | what | where |
 //! |---|---|
 //! | the messages of channel `c` whose capacity is `N` | subject `P.ch.N.<c with . as ~>` in stream `P_ch_N` |
-//! | a wake-up after such a message is stored | subject `P.wake.N.<c with . as ~>` (a copy of the message, republished by the stream; a receiver reads what it takes from the stream, never from here) |
+//! | a wake-up after such a message is stored | subject `P.wake.N.<c with . as ~>` (a copy of the message, republished by the stream, with the sequence number of the one before it on its subject: a watching task uses copies that continue what it has read instead of reading them) |
 //! | membership of channel `c` in group `g` | key `<g with . as />.<c with . as / and ! as =>` of bucket `P_groups` |
 //!
 //! Names are ASCII letters, digits, `-`, `_`, `.` and (in a channel) one `!`
