@@ -350,7 +350,11 @@ fn inspect(layer: &AnyLayer, inv: &Invocation) -> Result<(), Failure> {
                     .iter()
                     .map(|m| serde_json::json!({"channel": m.channel, "age_secs": secs(m.age)}))
                     .collect();
-                serde_json::json!({"name": g.name, "members": members})
+                serde_json::json!({
+                    "name": g.name,
+                    "member_count": g.member_count,
+                    "members": members,
+                })
             })
             .collect();
         let all = serde_json::json!({
@@ -374,7 +378,7 @@ fn inspect(layer: &AnyLayer, inv: &Invocation) -> Result<(), Failure> {
     for c in &normal {
         out.push_str(&format!(
             "  {:<48} {:>8} {:>10}\n",
-            c.name,
+            printable(&c.name),
             c.queued,
             age(c.oldest_age)
         ));
@@ -384,20 +388,31 @@ fn inspect(layer: &AnyLayer, inv: &Invocation) -> Result<(), Failure> {
     for c in &process {
         if last_process != c.process() {
             last_process = c.process();
-            out.push_str(&format!("  {}\n", last_process.unwrap_or_default()));
+            out.push_str(&format!(
+                "  {}\n",
+                printable(last_process.unwrap_or_default())
+            ));
         }
         out.push_str(&format!(
             "    {:<46} {:>8} {:>10}\n",
-            c.name,
+            printable(&c.name),
             c.queued,
             age(c.oldest_age)
         ));
     }
     out.push_str(&format!("groups ({})\n", seen.groups.len()));
     for g in &seen.groups {
-        out.push_str(&format!("  {} ({} members)\n", g.name, g.members.len()));
+        out.push_str(&format!(
+            "  {} ({} members)\n",
+            printable(&g.name),
+            g.member_count
+        ));
         for m in &g.members {
-            out.push_str(&format!("    {:<46} {:>10}\n", m.channel, age(m.age)));
+            out.push_str(&format!(
+                "    {:<46} {:>10}\n",
+                printable(&m.channel),
+                age(m.age)
+            ));
         }
     }
     if !seen.complete {
@@ -408,6 +423,34 @@ fn inspect(layer: &AnyLayer, inv: &Invocation) -> Result<(), Failure> {
     }
     out.push_str(&metrics_table(&seen.metrics));
     print_line(out.trim_end())
+}
+
+/// `name` as it is safe to print on a terminal: control characters (ESC, BEL, DEL, the C1
+/// range) and the marks that reorder text (bidirectional overrides and isolates) are written
+/// as escapes (`\x1b`, `\u{202e}`), and backslashes doubled so an escape cannot be faked. A
+/// name written by another program under the prefix could otherwise retitle, clear or recolour
+/// the operator's terminal.
+fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c == '\\'
+            || c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !name.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x80 && unsafe_char(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The counters and gauges as JSON, by the names of `MetricsSnapshot`'s fields.

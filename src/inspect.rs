@@ -11,8 +11,9 @@ use crate::name::non_local_name;
 /// members, and its counters. A backend offers it when
 /// [`Capabilities::inspect`](crate::Capabilities::inspect) is set.
 ///
-/// The lists are sorted by name. They hold at most the limit asked for each; `complete` says
-/// whether everything fitted.
+/// The lists are sorted by name. They hold at most the limit asked for each (channels, groups,
+/// and the members listed for each group, whose number [`GroupState::member_count`] gives
+/// whole); `complete` says whether everything fitted.
 ///
 /// # Examples
 ///
@@ -37,7 +38,7 @@ pub struct Inspection {
     pub groups: Vec<GroupState>,
     /// The layer's counters and gauges at the time of the look.
     pub metrics: MetricsSnapshot,
-    /// Whether every channel and group fitted within the limit.
+    /// Whether every channel, group and member fitted within the limit.
     pub complete: bool,
 }
 
@@ -78,17 +79,28 @@ impl ChannelState {
 pub struct GroupState {
     /// Its name.
     pub name: String,
-    /// Its members, by channel name.
+    /// Its members, by channel name: at most the limit asked for (on Redis, those that joined
+    /// or renewed longest ago; elsewhere the first by name).
     pub members: Vec<MemberState>,
+    /// How many members it has, all of them, listed or not.
+    pub member_count: u64,
 }
 
 impl GroupState {
-    /// A group with `members`.
+    /// A group with `members`, all of them.
     pub fn new(name: impl Into<String>, members: Vec<MemberState>) -> Self {
         GroupState {
             name: name.into(),
+            member_count: members.len() as u64,
             members,
         }
+    }
+
+    /// The same group, with `member_count` members in all (`members` lists some of them).
+    #[must_use]
+    pub fn with_member_count(mut self, member_count: u64) -> Self {
+        self.member_count = member_count;
+        self
     }
 }
 

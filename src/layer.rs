@@ -369,9 +369,18 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
     }
 
     /// Lists what the layer holds: channels with their queued counts and the age of their
-    /// oldest message, groups with their members and membership ages, and the counters; at
-    /// most `limit` channels and `limit` groups (see [`Inspection::complete`]). For operators
-    /// and tools; not meant for a hot path.
+    /// oldest message, groups with their member counts, members and membership ages, and the
+    /// counters; at most `limit` channels, `limit` groups and `limit` members listed per group
+    /// (see [`Inspection::complete`]). For operators and tools; not meant for a hot path.
+    ///
+    /// # Cost
+    ///
+    /// No single server command reads an unbounded set. On Redis: a `SCAN` of the prefix's
+    /// keys (1,000 per page; it stops once both lists are full), then per channel key `ZCARD`
+    /// and its oldest entry, per group key `ZCARD` and a ranged `ZRANGE` of at most `limit`
+    /// members. On NATS: one subject listing per channel stream and of the group bucket (pages
+    /// of 100,000), then one read per listed channel and listed member. In memory: a walk of
+    /// the tables under their locks.
     ///
     /// # Errors
     ///

@@ -19,11 +19,44 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Opens a room's socket as the site's own page would in a browser: with the `Origin` of the
+/// site that serves it.
 async fn join(url: &str) -> Socket {
-    let (socket, _) = tokio_tungstenite::connect_async(url)
+    let origin = url
+        .replacen("ws://", "http://", 1)
+        .split("/ws/")
+        .next()
+        .expect("a room socket's address")
+        .to_owned();
+    join_from(url, Some(&origin))
         .await
-        .unwrap_or_else(|e| panic!("websocket {url}: {e}"));
-    socket
+        .unwrap_or_else(|e| panic!("websocket {url}: {e}"))
+}
+
+/// Opens a websocket with `origin` as its `Origin` header (none when `None`).
+async fn join_from(
+    url: &str,
+    origin: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("an origin header"));
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// The HTTP status a refused websocket handshake was answered with.
+fn refused_status(outcome: Result<Socket, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match outcome {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("refused otherwise than with an HTTP status: {e}"),
+        Ok(_) => panic!("the socket was opened"),
+    }
 }
 
 async fn say(socket: &mut Socket, text: &str) {
@@ -247,6 +280,148 @@ async fn malformed_lines_are_answered_with_an_error_and_not_sent() {
     assert_eq!(stats["group_sends"], 0, "{stats}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_site_cannot_open_a_room() {
+    let server =
+        ChatServer::start_with("memory://", &["--allowed-origin", "https://friend.example"]);
+    let url = server.room_socket("lobby");
+    for foreign in [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+        "https://friend.example:8443",
+        &format!("http://{}", server.addr().ip()),
+    ] {
+        assert_eq!(
+            refused_status(join_from(&url, Some(foreign)).await),
+            403,
+            "Origin {foreign}"
+        );
+    }
+    // The gateway's own pages, the site allowed, and clients that are not browsers.
+    let own = format!("http://{}", server.addr());
+    let mut ada = join_from(&url, Some(&own)).await.expect("its own origin");
+    let mut bob = join_from(&url, Some("https://FRIEND.example:443"))
+        .await
+        .expect("an allowed origin");
+    let mut cy = join_from(&url, None).await.expect("no origin");
+    server.wait_for_members("chat_lobby", 3, PATIENCE).await;
+    say(&mut bob, "from a friend").await;
+    for socket in [&mut ada, &mut bob, &mut cy] {
+        assert_eq!(next_line(socket).await, "from a friend");
+    }
+    let stats = server.stats();
+    assert_eq!(stats["refused_origins"], 5, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_limit_are_refused_before_they_are_buffered() {
+    use tokio::io::AsyncWriteExt;
+    let server = ChatServer::start("memory://");
+    let mut ada = join(&server.room_socket("lobby")).await;
+    server.wait_for_members("chat_lobby", 1, PATIENCE).await;
+    let before = server.rss_mib();
+    // 20 clients each send the header of a 15 MB frame, then the bytes, as fast as the
+    // gateway takes them: it must close each at the header, not buffer 300 MB.
+    let mut senders = Vec::new();
+    for _ in 0..20 {
+        let addr = server.addr();
+        senders.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.expect("connect");
+            let key = "dGhlIHNhbXBsZSBub25jZQ==";
+            let handshake = format!(
+                "GET /ws/chat/lobby/ HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            );
+            tcp.write_all(handshake.as_bytes())
+                .await
+                .expect("handshake");
+            let mut answer = [0u8; 1024];
+            let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut answer)
+                .await
+                .expect("an answer");
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 101"),
+                "{}",
+                String::from_utf8_lossy(&answer[..n])
+            );
+            // A masked text frame of 15,000,000 bytes: FIN+text, mask bit + 127, 8-byte length.
+            let len: u64 = 15_000_000;
+            let mut frame = vec![0x81, 0xff];
+            frame.extend_from_slice(&len.to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            let _ = tcp.write_all(&frame).await;
+            let chunk = vec![b'a' ^ 1; 64 * 1024];
+            let mut sent = 0u64;
+            while sent < len {
+                if tcp.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+            sent
+        }));
+    }
+    let mut peak = before;
+    let mut written = 0;
+    for sender in senders {
+        while !sender.is_finished() {
+            peak = peak.max(server.rss_mib());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        written += sender.await.expect("sender");
+    }
+    peak = peak.max(server.rss_mib());
+    assert!(
+        peak - before < 16.0,
+        "the gateway grew from {before:.1} to {peak:.1} MiB on oversized frames"
+    );
+    assert!(
+        written < 20 * 15_000_000,
+        "the gateway read every oversized frame whole ({written} bytes)"
+    );
+    // The room goes on.
+    say(&mut ada, "still here").await;
+    assert_eq!(next_line(&mut ada).await, "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_while_the_open_ones_go_on() {
+    let server = ChatServer::start_with("memory://", &["--max-connections", "5"]);
+    let url = server.room_socket("lobby");
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        open.push(join(&url).await);
+    }
+    server.wait_for_members("chat_lobby", 5, PATIENCE).await;
+    for _ in 0..20 {
+        assert_eq!(refused_status(join_from(&url, None).await), 503);
+    }
+    say(&mut open[0], "we five").await;
+    for socket in &mut open {
+        assert_eq!(next_line(socket).await, "we five");
+    }
+    // A place freed is a place taken again.
+    let leaving = open.pop().expect("five");
+    drop(leaving);
+    server.wait_for_members("chat_lobby", 4, PATIENCE).await;
+    let started = Instant::now();
+    let again = loop {
+        match join_from(&url, None).await {
+            Ok(socket) => break socket,
+            Err(_) if started.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the freed place was never given again: {e}"),
+        }
+    };
+    open.push(again);
+    let stats = server.stats();
+    assert_eq!(stats["refused_full"], 20, "{stats}");
+    assert_eq!(stats["max_connections"], 5, "{stats}");
+}
+
 #[cfg(feature = "redis")]
 mod with_django {
     use super::*;
@@ -287,5 +462,81 @@ mod with_django {
         rust.wait_for_members("chat_lobby", 1, PATIENCE).await;
         say(&mut on_rust, "alone").await;
         assert_eq!(next_line(&mut on_rust).await, "alone");
+    }
+}
+
+#[cfg(feature = "redis")]
+mod big_rooms {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use channel_layer::prelude::*;
+    use support::redis_server::RedisServer;
+
+    use super::*;
+
+    /// PINGs the server over one connection until `stop`, returning the slowest answer.
+    fn slowest_ping(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration> {
+        std::thread::spawn(move || {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            conn.set_nodelay(true).ok();
+            let mut slowest = Duration::ZERO;
+            let mut reply = [0u8; 7];
+            while !stop.load(Ordering::Acquire) {
+                let started = Instant::now();
+                conn.write_all(b"PING\r\n").expect("ping");
+                conn.read_exact(&mut reply).expect("pong");
+                slowest = slowest.max(started.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            slowest
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inspect_and_stats_on_a_million_member_room_leave_redis_responsive() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let fill =
+            b"for i = 1, 1000000 do redis.call('ZADD', KEYS[1], ARGV[1], 'member.' .. i) end";
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        redis.query(&[
+            b"EVAL",
+            fill,
+            b"1",
+            b"asgi:group:chat_crowd",
+            now.as_bytes(),
+        ]);
+        let server = ChatServer::start(&redis.url());
+        let layer = tokio::task::block_in_place(|| AnyLayer::from_url(&redis.url())).unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let pings = slowest_ping(redis.port(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..3 {
+            let seen = layer.inspect_async(1).await.expect("inspect");
+            let crowd = &seen.groups[0];
+            assert_eq!(crowd.name, "chat_crowd");
+            assert_eq!(crowd.member_count, 1_000_000);
+            assert_eq!(crowd.members.len(), 1);
+            assert!(!seen.complete);
+        }
+        for _ in 0..3 {
+            let stats = tokio::task::block_in_place(|| server.stats());
+            assert_eq!(stats["groups"]["chat_crowd"], 1_000_000, "{stats}");
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        stop.store(true, Ordering::Release);
+        let slowest = pings.join().expect("pinger");
+        assert!(
+            slowest < Duration::from_millis(50),
+            "a PING waited {slowest:?} while the room was looked at"
+        );
     }
 }

@@ -639,6 +639,85 @@ mod redis {
     }
 
     #[test]
+    fn inspect_prints_hostile_names_escaped() {
+        // Names written under the prefix by another program: a group whose name retitles the
+        // terminal, a member that clears it, a channel key that rings and recolours it.
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let url = server.url();
+        let now = format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        );
+        server.query(&[
+            b"ZADD",
+            b"asgi:group:room\x1b]0;owned\x07",
+            now.as_bytes(),
+            b"evil\x1b[2J\x1b[H",
+        ]);
+        server.query(&[b"ZADD", b"asgi:jobs\x07\x1b[31mred", now.as_bytes(), b"x"]);
+        let run = on(&url, &["inspect"]);
+        assert_ok(&run);
+        assert!(
+            !run.stdout.contains(['\x1b', '\x07']),
+            "control characters printed raw: {:?}",
+            run.stdout
+        );
+        for shown in [
+            "room\\x1b]0;owned\\x07",
+            "evil\\x1b[2J\\x1b[H",
+            "jobs\\x07\\x1b[31mred",
+        ] {
+            assert!(run.stdout.contains(shown), "{shown}: {}", run.stdout);
+        }
+        // JSON escapes them by itself and keeps the names whole.
+        let run = on(&url, &["inspect", "--json"]);
+        assert_ok(&run);
+        assert!(!run.stdout.contains(['\x1b', '\x07']), "{:?}", run.stdout);
+        let seen: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        assert_eq!(seen["groups"][0]["name"], "room\x1b]0;owned\x07", "{seen}");
+    }
+
+    #[test]
+    fn inspect_lists_at_most_the_limit_of_members_and_counts_them_all() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let url = server.url();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let mut zadd: Vec<Vec<u8>> = vec![b"ZADD".to_vec(), b"asgi:group:crowd".to_vec()];
+        for n in 0..5000 {
+            zadd.push(now.clone().into_bytes());
+            zadd.push(format!("member.{n:05}").into_bytes());
+        }
+        let args: Vec<&[u8]> = zadd.iter().map(Vec::as_slice).collect();
+        server.query(&args);
+        let run = on(&url, &["inspect", "--json", "--limit", "3"]);
+        assert_ok(&run);
+        let seen: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        let crowd = &seen["groups"][0];
+        assert_eq!(crowd["name"], "crowd", "{seen}");
+        assert_eq!(crowd["member_count"], 5000, "{seen}");
+        assert_eq!(crowd["members"].as_array().map(Vec::len), Some(3), "{seen}");
+        assert_eq!(seen["complete"], false, "{seen}");
+        let run = on(&url, &["inspect", "--limit", "3"]);
+        assert_ok(&run);
+        assert!(
+            run.stdout.contains("crowd (5000 members)"),
+            "{}",
+            run.stdout
+        );
+    }
+
+    #[test]
     fn a_url_with_several_servers_shards_over_them() {
         let (Some(s1), Some(s2)) = (RedisServer::start(), RedisServer::start()) else {
             return;

@@ -175,3 +175,30 @@ fn inspect_lists_channels_and_groups_with_their_ages() {
     assert!(seen.complete);
     assert!(!layer.inspect(1).unwrap().complete);
 }
+
+#[test]
+fn inspect_lists_at_most_the_limit_of_members_and_counts_them_all() {
+    let layer = InMemoryLayer::default();
+    for n in 0..60 {
+        layer.group_add("crowd", &format!("member.{n:02}")).unwrap();
+    }
+    let seen = layer.inspect(5).unwrap();
+    assert_eq!(seen.groups[0].member_count, 60);
+    let listed: Vec<&str> = seen.groups[0]
+        .members
+        .iter()
+        .map(|m| m.channel.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "member.00",
+            "member.01",
+            "member.02",
+            "member.03",
+            "member.04"
+        ]
+    );
+    assert!(!seen.complete);
+    assert!(layer.inspect(60).unwrap().complete);
+}

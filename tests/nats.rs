@@ -348,6 +348,33 @@ fn inspect_lists_channels_process_channels_and_groups_with_their_ages() {
 }
 
 #[test]
+fn inspect_lists_at_most_the_limit_of_members_and_counts_them_all() {
+    let layer = served(LayerConfig::default());
+    for n in 0..60 {
+        layer.group_add("crowd", &format!("member.{n:02}")).unwrap();
+    }
+    let seen = layer.inspect(5).unwrap();
+    let crowd = &seen.groups[0];
+    assert_eq!(crowd.name, "crowd");
+    assert_eq!(crowd.member_count, 60);
+    let listed: Vec<&str> = crowd.members.iter().map(|m| m.channel.as_str()).collect();
+    assert_eq!(
+        listed,
+        [
+            "member.00",
+            "member.01",
+            "member.02",
+            "member.03",
+            "member.04"
+        ]
+    );
+    assert!(!seen.complete);
+    let all = layer.inspect(100).unwrap();
+    assert_eq!(all.groups[0].members.len(), 60);
+    assert!(all.complete);
+}
+
+#[test]
 fn a_member_deleted_with_the_standard_key_value_tools_is_no_longer_sent_to() {
     let prefix = fresh_prefix("t");
     let layer = NatsLayer::from_url(&format!("{}?prefix={prefix}", shared().url())).unwrap();

@@ -370,3 +370,26 @@ fn acl_users_encryption_and_the_cli_work_on_the_cluster() {
         "{\"type\":\"via.cluster\"}\n"
     );
 }
+
+#[test]
+fn three_silent_seeds_fail_the_build_within_the_connect_timeout() {
+    // Seeds that accept a connection and never answer (a stuck node, a load balancer with no
+    // backend): the connect timeout bounds the whole connect, not each seed.
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let seeds: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let url = format!("redis+cluster://{}?connect_timeout=1", seeds.join(","));
+    let started = std::time::Instant::now();
+    let built = RedisLayer::from_url(&url);
+    let took = started.elapsed();
+    assert!(built.is_err(), "{built:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "three silent seeds took {took:?} with connect_timeout=1"
+    );
+    drop(listeners);
+}

@@ -11,7 +11,17 @@
 //!   (`new_channel`), joins the group `chat_<room>` and `group_send`s every message it is sent
 //!   as `{"type": "chat.message", "message": "..."}`, which is what the tutorial's consumer
 //!   sends and handles. A connection that closes leaves the group (`group_discard`).
-//! - `GET /stats` returns the layer's counters and the open connections as JSON.
+//! - `GET /stats` returns the layer's counters, the open connections and the rooms' member
+//!   counts as JSON. What it asks of the layer is bounded (at most 100 rooms, members counted,
+//!   not read) and it is worked out at most once a second, however often it is asked.
+//!
+//! What the gateway refuses, before a socket is opened:
+//! - a websocket whose `Origin` is another site's (a page elsewhere opening a room in a
+//!   visitor's browser): only the gateway's own host (the request's `Host`) and the origins
+//!   given with `--allowed-origin` are let in, others get 403. A client that sends no
+//!   `Origin` (not a browser) is let in;
+//! - connections past `--max-connections` (default 1,000), with 503;
+//! - frames and messages over 64 KiB, at the websocket layer, so nothing larger is buffered.
 //!
 //! On `memory://` (the default) this is a complete chat server. With `--url redis://...` (the
 //! `redis` feature) it shares its rooms with a Django Channels app on the same Redis and
@@ -22,15 +32,15 @@
 //! `group_send` then skips it and counts the skip (`group_skipped_full` in `/stats`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use channel_layer::prelude::*;
@@ -43,8 +53,19 @@ const INDEX_PAGE: &str = include_str!("index.html");
 const ROOM_PAGE: &str = include_str!("room.html");
 /// Replaced in the pages by the name of the server that serves them.
 const SERVER_MARK: &str = "{{ server }}";
-/// The largest websocket message a client may send (a chat line, not a file).
+/// The largest websocket message a client may send (a chat line, not a file); frames and
+/// messages are refused at the websocket layer past it, before they are buffered.
 const MAX_FRAME: usize = 64 * 1024;
+/// The most bytes written to a socket and not yet taken by the client: past this the client
+/// is too slow, and its connection ends.
+const MAX_UNSENT: usize = 4 * MAX_FRAME;
+/// A socket's read buffer to begin with (it grows for a frame that needs more, up to
+/// [`MAX_FRAME`]); small, since chat lines are.
+const READ_BUFFER: usize = 8 * 1024;
+/// The most rooms `/stats` reports on.
+const STATS_ROOMS: usize = 100;
+/// How long `/stats` serves the same answer.
+const STATS_FRESH: Duration = Duration::from_secs(1);
 /// The group of a room; the same name as the tutorial's consumer uses.
 const GROUP_PREFIX: &str = "chat_";
 /// The message type of a chat line, handled by the tutorial consumer's `chat_message`.
@@ -57,10 +78,12 @@ struct Options {
     name: String,
     renew: Duration,
     ping: Duration,
+    allowed_origins: Vec<String>,
+    max_connections: usize,
 }
 
 const USAGE: &str = "usage: chat [--url URL] [--listen ADDR:PORT] [--name TEXT] [--renew SECS]
-            [--ping SECS]
+            [--ping SECS] [--allowed-origin ORIGIN]... [--max-connections N]
 
   --url URL          the channel layer (default: $CHANNEL_LAYER_URL, else memory://)
   --listen ADDR:PORT where to serve (default 127.0.0.1:8000; port 0 picks a free one)
@@ -70,7 +93,14 @@ const USAGE: &str = "usage: chat [--url URL] [--listen ADDR:PORT] [--name TEXT] 
                      the layer's group_expiry)
   --ping SECS        how often a connection is pinged; one that sends nothing (not even the
                      pong a browser answers with) for two of these is closed and leaves its
-                     room (default 20)";
+                     room (default 20)
+  --allowed-origin ORIGIN
+                     a site whose pages may open rooms' websockets, as scheme://host[:port]
+                     (repeatable; * allows every site). Pages of the gateway's own host are
+                     always allowed; a websocket from any other Origin is refused with 403
+  --max-connections N
+                     the most websockets open at once (default 1000); more are refused
+                     with 503 while the open ones go on";
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
@@ -79,6 +109,8 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         name: "Rust (axum)".into(),
         renew: Duration::from_secs(60),
         ping: Duration::from_secs(20),
+        allowed_origins: Vec::new(),
+        max_connections: 1000,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -94,6 +126,25 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
             "--name" => options.name = value("--name")?,
             "--renew" => options.renew = seconds("--renew", &value("--renew")?)?,
             "--ping" => options.ping = seconds("--ping", &value("--ping")?)?,
+            "--allowed-origin" => {
+                let text = value("--allowed-origin")?;
+                let origin = if text == "*" {
+                    text
+                } else {
+                    normalized_origin(&text).ok_or_else(|| {
+                        format!("--allowed-origin {text:?}: expected scheme://host[:port] or *")
+                    })?
+                };
+                options.allowed_origins.push(origin);
+            }
+            "--max-connections" => {
+                let text = value("--max-connections")?;
+                options.max_connections = text
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| format!("--max-connections {text:?}: expected 1 to 1000000"))?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -124,6 +175,40 @@ struct App {
     timed_out: AtomicU64,
     /// Client frames that were not `{"message": <text>}`; answered with an error, not sent.
     refused_frames: AtomicU64,
+    /// Origins besides the gateway's own whose pages may open sockets (normalized; `*`: all).
+    allowed_origins: Vec<String>,
+    /// The most websockets open at once.
+    max_connections: usize,
+    /// Websockets open or being opened (each holds a [`Slot`]).
+    slots: AtomicUsize,
+    /// Websockets refused for their `Origin`.
+    refused_origins: AtomicU64,
+    /// Websockets refused because `max_connections` were open.
+    refused_full: AtomicU64,
+    /// The latest `/stats` answer's rooms and when they were worked out.
+    rooms: Mutex<Option<(Instant, serde_json::Value)>>,
+    /// Whether a `/stats` request is working the rooms out.
+    working_out_rooms: AtomicBool,
+}
+
+/// One websocket's place among the `max_connections`; given back when dropped.
+struct Slot(Arc<App>);
+
+impl Slot {
+    fn take(app: &Arc<App>) -> Option<Slot> {
+        app.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < app.max_connections).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(app.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[tokio::main]
@@ -166,6 +251,13 @@ async fn main() {
         connections: AtomicU64::new(0),
         timed_out: AtomicU64::new(0),
         refused_frames: AtomicU64::new(0),
+        allowed_origins: options.allowed_origins,
+        max_connections: options.max_connections,
+        slots: AtomicUsize::new(0),
+        refused_origins: AtomicU64::new(0),
+        refused_full: AtomicU64::new(0),
+        rooms: Mutex::new(None),
+        working_out_rooms: AtomicBool::new(false),
     });
     let router = Router::new()
         .route("/", get(index))
@@ -219,20 +311,121 @@ fn room_group(room: &str) -> Result<String, String> {
 async fn websocket(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let group = match room_group(&room) {
         Ok(group) => group,
         Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
     };
+    if let Err(why) = origin_allowed(&headers, &app.allowed_origins) {
+        app.refused_origins.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    let Some(slot) = Slot::take(&app) else {
+        app.refused_full.fetch_add(1, Ordering::Relaxed);
+        let why = format!(
+            "too many connections: {} are open, the most this gateway takes",
+            app.max_connections
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    };
     upgrade
+        .max_frame_size(MAX_FRAME)
         .max_message_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection(app, group, socket))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_UNSENT)
+        .on_upgrade(move |socket| connection(app, group, socket, slot))
+}
+
+/// Whether a websocket with these request headers may open: no `Origin` (not a browser), an
+/// `Origin` naming the host the request was sent to (the gateway's own pages), or one of
+/// `allowed` (normalized, or `*`). Otherwise why not.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.iter().any(|a| a == "*") {
+        return Ok(());
+    }
+    let refused = || {
+        let shown: String = String::from_utf8_lossy(origin.as_bytes())
+            .chars()
+            .take(200)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        format!("websockets from origin {shown:?} are not allowed here")
+    };
+    let origin = origin
+        .to_str()
+        .ok()
+        .and_then(normalized_origin)
+        .ok_or_else(refused)?;
+    if allowed.contains(&origin) {
+        return Ok(());
+    }
+    // The gateway's own pages: the origin's host and port are those the request was sent to.
+    let (scheme, authority) = origin.split_once("://").ok_or_else(refused)?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| normalized_origin(&format!("{scheme}://{h}")));
+    match host {
+        Some(host)
+            if host
+                .strip_prefix(scheme)
+                .and_then(|h| h.strip_prefix("://"))
+                == Some(authority) =>
+        {
+            Ok(())
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// `scheme://host[:port]` in lower case with the scheme's default port left out, if `text`
+/// is an origin of that shape (http, https, ws or wss; no path, user or query).
+fn normalized_origin(text: &str) -> Option<String> {
+    let (scheme, authority) = text.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" | "ws" => "80",
+        "https" | "wss" => "443",
+        _ => return None,
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty()
+        || authority.len() > 300
+        || authority.chars().any(|c| {
+            matches!(c, '/' | '?' | '#' | '@' | '\\') || c.is_whitespace() || c.is_control()
+        })
+    {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    // A port is what follows the last ':' unless that is inside an IPv6 literal's brackets.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority.as_str(), None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    match port {
+        Some(port) if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) => None,
+        Some(port) if port.parse::<u16>().is_err() => None,
+        Some(port) if port == default_port => Some(format!("{scheme}://{host}")),
+        Some(port) => Some(format!("{scheme}://{host}:{port}")),
+        None => Some(format!("{scheme}://{host}")),
+    }
 }
 
 /// One websocket: joins the room's group on its own channel, forwards the channel's chat
 /// messages to the socket and the socket's lines to the group, and leaves when either ends.
-async fn connection(app: Arc<App>, group: String, socket: WebSocket) {
+/// Its `slot` is given back when it ends.
+async fn connection(app: Arc<App>, group: String, socket: WebSocket, slot: Slot) {
+    let _slot = slot;
     let layer = &app.layer;
     let channel = match layer.new_channel("chat") {
         Ok(channel) => channel,
@@ -379,19 +572,54 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
         "group_skipped_full": m.group_skipped_full,
         "group_skipped_failed": m.group_skipped_failed,
         "lost": m.lost,
+        "open_sockets": app.slots.load(Ordering::Relaxed),
+        "max_connections": app.max_connections,
+        "refused_origins": app.refused_origins.load(Ordering::Relaxed),
+        "refused_full": app.refused_full.load(Ordering::Relaxed),
     });
-    if app.layer.capabilities().inspect {
-        // Members per group, for whoever watches the rooms.
-        if let Ok(inspection) = app.layer.inspect_async(1000).await {
-            let groups: serde_json::Map<String, serde_json::Value> = inspection
-                .groups
-                .iter()
-                .map(|g| (g.name.clone(), json!(g.members.len())))
-                .collect();
-            body["groups"] = serde_json::Value::Object(groups);
-        }
+    if let Some(groups) = rooms(&app).await {
+        body["groups"] = groups;
     }
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// Members per group, for whoever watches the rooms: at most [`STATS_ROOMS`] groups, their
+/// members counted and not read (see `inspect`'s cost), worked out at most once per
+/// [`STATS_FRESH`] however often `/stats` is asked, so asking it cannot load the layer's server.
+async fn rooms(app: &App) -> Option<serde_json::Value> {
+    if !app.layer.capabilities().inspect {
+        return None;
+    }
+    // Only one request at a time works them out; the others meanwhile get the last answer.
+    let last = app.rooms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some((at, groups)) = &last {
+        if at.elapsed() < STATS_FRESH {
+            return Some(groups.clone());
+        }
+    }
+    /// Set while a request works the rooms out; cleared when it ends, however it ends (the
+    /// client may hang up meanwhile, dropping the request).
+    struct Working<'a>(&'a AtomicBool);
+    impl Drop for Working<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    if app.working_out_rooms.swap(true, Ordering::AcqRel) {
+        return last.map(|(_, groups)| groups);
+    }
+    let working = Working(&app.working_out_rooms);
+    let seen = app.layer.inspect_async(STATS_ROOMS).await;
+    drop(working);
+    let groups: serde_json::Map<String, serde_json::Value> = seen
+        .ok()?
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), json!(g.member_count)))
+        .collect();
+    let groups = serde_json::Value::Object(groups);
+    *app.rooms.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), groups.clone()));
+    Some(groups)
 }
 
 fn escape_html(text: &str) -> String {

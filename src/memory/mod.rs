@@ -483,11 +483,17 @@ impl Inner {
                 .inspect(now, self.config.expiry, &mut channels);
         }
         let mut groups = self.groups.inspect(now);
-        let complete = channels.len() <= limit && groups.len() <= limit;
+        let mut complete = channels.len() <= limit && groups.len() <= limit;
         channels.sort_by(|a, b| a.name.cmp(&b.name));
         channels.truncate(limit);
         groups.sort_by(|a, b| a.name.cmp(&b.name));
         groups.truncate(limit);
+        for group in &mut groups {
+            if group.members.len() > limit {
+                complete = false;
+                group.members.truncate(limit);
+            }
+        }
         Ok(Inspection {
             channels,
             groups,

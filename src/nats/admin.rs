@@ -85,8 +85,9 @@ impl Inner {
 
     /// What the server holds under this prefix (see [`crate::ChannelLayer::inspect`]): the
     /// subjects of every channel stream with their counts, the oldest message's age for the
-    /// first `limit` of them (a read each), and the group bucket's keys with the age of each
-    /// membership (a read each, for the first `limit` groups).
+    /// first `limit` of them (a read each), and the group bucket's keys, counted per group,
+    /// with the age of the first `limit` memberships of each of the first `limit` groups (a
+    /// read each).
     pub(super) async fn inspect(&self, limit: usize) -> Result<Inspection, BackendError> {
         let mut complete = true;
         let mut channels = Vec::new();
@@ -127,7 +128,7 @@ impl Inner {
                 usize::MAX,
             )
             .await?;
-        let mut groups: BTreeMap<String, Vec<MemberState>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, (Vec<MemberState>, u64)> = BTreeMap::new();
         for subject in keys.keys() {
             let (Some(channel), Some(group)) = (
                 subjects::member_of_subject(subject),
@@ -136,6 +137,13 @@ impl Inner {
                 continue;
             };
             if !groups.contains_key(&group) && groups.len() >= limit {
+                complete = false;
+                continue;
+            }
+            let (members, count) = groups.entry(group).or_default();
+            if members.len() >= limit {
+                // Counted, not read: a delete mark among these counts as a member here.
+                *count += 1;
                 complete = false;
                 continue;
             }
@@ -152,16 +160,17 @@ impl Inner {
                 continue;
             }
             let added = entry.map(|found| age(sent_at(&found)));
-            groups
-                .entry(group)
-                .or_default()
-                .push(MemberState::new(channel, added));
+            *count += 1;
+            members.push(MemberState::new(channel, added));
         }
         Ok(Inspection {
             channels,
             groups: groups
                 .into_iter()
-                .map(|(name, members)| GroupState::new(name, members))
+                .filter(|(_, (_, count))| *count > 0)
+                .map(|(name, (members, count))| {
+                    GroupState::new(name, members).with_member_count(count)
+                })
                 .collect(),
             metrics: self.metrics(),
             complete,

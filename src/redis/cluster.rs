@@ -223,13 +223,19 @@ pub(crate) fn discover(
     ))
 }
 
-/// `CLUSTER SLOTS` from the first of `endpoints` that answers with a non-empty map.
+/// `CLUSTER SLOTS` from the first of `endpoints` that answers with a non-empty map, all of
+/// them within one connect timeout: each is tried in turn with a share of the time left, so
+/// silent seeds cannot add up to more than the timeout.
 pub(crate) fn read_slots(
     endpoints: impl Iterator<Item = Result<super::conn::Endpoint, crate::error::BuildError>>,
     timeouts: super::conn::Timeouts,
 ) -> Result<Vec<SlotRange>, crate::error::BackendError> {
+    use std::time::{Duration, Instant};
+    let endpoints: Vec<_> = endpoints.collect();
+    let all_by = Instant::now() + timeouts.connect.min(timeouts.operation);
     let mut problems = Vec::new();
-    for endpoint in endpoints {
+    let count = endpoints.len();
+    for (k, endpoint) in endpoints.into_iter().enumerate() {
         let endpoint = match endpoint {
             Ok(e) => e,
             Err(e) => {
@@ -237,7 +243,13 @@ pub(crate) fn read_slots(
                 continue;
             }
         };
-        let deadline = std::time::Instant::now() + timeouts.connect.min(timeouts.operation);
+        let left = all_by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            problems.push(format!("{}: not tried, no time left", endpoint.name()));
+            continue;
+        }
+        let share = (left / u32::try_from(count - k).unwrap_or(1)).max(Duration::from_millis(100));
+        let deadline = all_by.min(Instant::now() + share);
         let mut conn = match endpoint.connect(deadline) {
             Ok(c) => c,
             Err(e) => {

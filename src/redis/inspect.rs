@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ::redis::Value as RedisValue;
 
-use super::replies::{one_value, popped};
+use super::replies::popped;
 use super::{Inner, wall_clock};
 use crate::error::LayerError;
 use crate::inspect::{ChannelState, GroupState, Inspection, MemberState};
@@ -19,8 +19,10 @@ fn age_of(score: f64) -> Option<Duration> {
 impl Inner {
     /// Scans every server for the prefix's keys: channel keys (a process's channels share
     /// one, named by its non-local part) with their sizes and oldest scores, and group keys
-    /// with their members' scores (when they were added). One round trip per key, at most
-    /// `limit` channels and `limit` groups.
+    /// with their sizes and the scores (when they were added) of at most `limit` members, the
+    /// longest-standing. One round trip per key, at most `limit` channels and `limit` groups;
+    /// no command reads more than `limit` entries of a key (`ZCARD`, ranged `ZRANGE`), so a
+    /// group of millions costs Redis no more than a small one.
     pub(super) async fn inspect(&self, limit: usize) -> Result<Inspection, LayerError> {
         self.check_open()?;
         let prefix = &self.config.prefix;
@@ -28,8 +30,8 @@ impl Inner {
         let group_prefix = self.group_key("");
         let mut complete = true;
         let mut channels = Vec::new();
-        let mut groups: BTreeMap<String, Vec<MemberState>> = BTreeMap::new();
-        for server in 0..self.servers.len() {
+        let mut groups: BTreeMap<String, (Vec<MemberState>, u64)> = BTreeMap::new();
+        'servers: for server in 0..self.servers.len() {
             let mut cursor = 0u64;
             loop {
                 let (next, keys) = self.scan_page(server, &pattern, cursor).await?;
@@ -40,15 +42,30 @@ impl Inner {
                             complete = false;
                             continue;
                         }
+                        if limit == 0 {
+                            continue;
+                        }
+                        let mut size = ::redis::cmd("ZCARD");
+                        size.arg(&key);
                         let mut range = ::redis::cmd("ZRANGE");
-                        range.arg(&key).arg(0).arg(-1).arg("WITHSCORES");
-                        let reply = one_value(self.exec(server, vec![range]).await?, "zrange")?;
-                        let members = groups.entry(group.to_owned()).or_default();
-                        for (member, score) in popped(reply) {
+                        let last = i64::try_from(limit - 1).unwrap_or(i64::MAX);
+                        range.arg(&key).arg(0).arg(last).arg("WITHSCORES");
+                        let mut replies = self.exec(server, vec![size, range]).await?.into_iter();
+                        // Another program's key of another type under the prefix: no group.
+                        let Some(RedisValue::Int(count)) = replies.next() else {
+                            continue;
+                        };
+                        let count = u64::try_from(count).unwrap_or(0);
+                        let (members, total) = groups.entry(group.to_owned()).or_default();
+                        *total += count;
+                        for (member, score) in replies.next().map(popped).unwrap_or_default() {
                             members.push(MemberState::new(
                                 String::from_utf8_lossy(&member),
                                 age_of(score),
                             ));
+                        }
+                        if count > limit as u64 {
+                            complete = false;
                         }
                         continue;
                     }
@@ -82,6 +99,10 @@ impl Inner {
                 if next == 0 {
                     break;
                 }
+                // Both lists full and more keys met: the rest of the scan would add nothing.
+                if !complete && channels.len() >= limit && groups.len() >= limit {
+                    break 'servers;
+                }
                 cursor = next;
             }
         }
@@ -90,10 +111,11 @@ impl Inner {
             channels,
             groups: groups
                 .into_iter()
-                .filter(|(_, members)| !members.is_empty())
-                .map(|(name, mut members)| {
+                .filter(|(_, (_, total))| *total > 0)
+                .map(|(name, (mut members, total))| {
                     members.sort_by(|a, b| a.channel.cmp(&b.channel));
-                    GroupState::new(name, members)
+                    members.truncate(limit);
+                    GroupState::new(name, members).with_member_count(total)
                 })
                 .collect(),
             metrics: self.metrics(),

@@ -84,6 +84,21 @@ impl ChatServer {
         }
     }
 
+    /// The example's process id.
+    pub fn pid(&self) -> u32 {
+        self._process.0.id()
+    }
+
+    /// The example's resident memory, in MiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
     /// The example's `/stats`.
     pub fn stats(&self) -> serde_json::Value {
         let (status, body) = http_get(self.addr, "/stats");
