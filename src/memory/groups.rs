@@ -11,6 +11,18 @@ use crate::inspect::{GroupState, MemberState};
 use crate::metrics::MetricsSnapshot;
 use crate::name::{validate_channel, validate_group};
 
+use super::shrink_target;
+
+/// A map of groups, or of one group's members, at most this large is never shrunk.
+pub(super) const MAP_FLOOR: usize = 32;
+
+/// Shrinks `map` if it is mostly empty (see [`shrink_target`]).
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if let Some(target) = shrink_target(map.len(), map.capacity(), MAP_FLOOR) {
+        map.shrink_to(target);
+    }
+}
+
 struct Member {
     /// When the membership lapses: `group_expiry` after the latest `group_add`.
     until: Instant,
@@ -63,9 +75,15 @@ impl Groups {
         validate_channel(channel)?;
         let mut map = self.map.write();
         if let Some(members) = map.get_mut(group) {
-            members.remove(channel);
-            if members.is_empty() {
-                map.remove(group);
+            // Amortised O(1) each: a shrink copies what is left only after at least as many
+            // removals (see `shrink_target`).
+            if members.remove(channel).is_some() {
+                if members.is_empty() {
+                    map.remove(group);
+                    shrink(&mut map);
+                } else {
+                    shrink(members);
+                }
             }
         }
         Ok(())
@@ -109,8 +127,13 @@ impl Groups {
         let mut map = self.map.write();
         map.retain(|_, members| {
             members.retain(|_, m| m.until > now);
-            !members.is_empty()
+            if members.is_empty() {
+                return false;
+            }
+            shrink(members);
+            true
         });
+        shrink(&mut map);
     }
 
     /// Every group with live members, each member with how long ago it was added.
@@ -132,8 +155,17 @@ impl Groups {
             .collect()
     }
 
+    /// Forgets every group, and gives back the map's memory (dropped after the lock is let go).
     pub(crate) fn clear(&self) {
-        self.map.write().clear();
+        let old = std::mem::take(&mut *self.map.write());
+        drop(old);
+    }
+
+    /// The slots held: the map of groups', and the sum of the groups' maps of members'.
+    #[cfg(test)]
+    pub(crate) fn capacities(&self) -> (usize, usize) {
+        let map = self.map.read();
+        (map.capacity(), map.values().map(HashMap::capacity).sum())
     }
 
     pub(crate) fn add_to(&self, snap: &mut MetricsSnapshot) {

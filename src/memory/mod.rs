@@ -2,6 +2,8 @@
 
 mod groups;
 mod store;
+#[cfg(test)]
+mod tests;
 mod wait;
 
 use std::fmt;
@@ -38,6 +40,19 @@ const SPIN_STEPS: u32 = 7;
 
 /// Length of the random process id and of the random local part in minted names.
 const RANDOM_LEN: usize = 12;
+
+/// To what capacity a table or queue of `capacity` slots holding `len` entries should shrink,
+/// if it should: when fewer than a quarter of its slots are used and it has more than `floor`,
+/// to twice its length.
+///
+/// The gap between the quarter and the half is the hysteresis: a table just shrunk can double
+/// before it grows again, and shrinks again only after losing half its entries, so a size
+/// swinging by less than a factor of 2 never reallocates, and a shrink (a copy of `len`
+/// entries) is paid for by the `len / 2` or more removals before it: amortised O(1) each. The
+/// floor keeps small tables as they are (a shard's table of a few channels, a small group).
+fn shrink_target(len: usize, capacity: usize, floor: usize) -> Option<usize> {
+    (capacity > floor && len < capacity / 4).then(|| len * 2)
+}
 
 /// The in-memory channel layer: every channel, group and message lives in this process.
 ///

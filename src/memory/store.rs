@@ -23,8 +23,17 @@ use crate::message::Message;
 use crate::metrics::MetricsSnapshot;
 use crate::name::NameError;
 
+use super::shrink_target;
+
 /// The number of shards; a power of two.
 pub(crate) const SHARDS: usize = 64;
+
+/// A shard's table of channels at most this large is never shrunk (64 shards of 64 slots of
+/// about 130 bytes: about half a MiB for a layer whose tables all sit at the floor).
+pub(super) const CHANNELS_FLOOR: usize = 64;
+
+/// A channel's queue (of messages, receivers or senders) at most this large is never shrunk.
+pub(super) const QUEUE_FLOOR: usize = 16;
 
 /// How a blocked receiver is woken.
 pub(crate) enum Wake {
@@ -80,6 +89,18 @@ impl Chan {
             self.items.pop_front();
         }
         before - self.items.len()
+    }
+
+    /// Gives back the room its queues kept from a peak (see [`shrink_target`]).
+    fn shrink_queues(&mut self) {
+        fn shrink<T>(queue: &mut VecDeque<T>) {
+            if let Some(target) = shrink_target(queue.len(), queue.capacity(), QUEUE_FLOOR) {
+                queue.shrink_to(target);
+            }
+        }
+        shrink(&mut self.items);
+        shrink(&mut self.waiters);
+        shrink(&mut self.senders);
     }
 }
 
@@ -305,6 +326,10 @@ impl Shard {
 
     /// Drops expired messages from the channels whose name satisfies `select`, and forgets
     /// channels left idle. Returns how many messages expired.
+    ///
+    /// Memory kept from a peak is given back here, where every channel is visited anyway, so
+    /// sends and receives pay nothing for it: the queues of the channels that stay, and the
+    /// table once idle channels have left it.
     pub(crate) fn prune_where(&mut self, now: Instant, select: impl Fn(&str) -> bool) -> u64 {
         let mut total = 0u64;
         self.channels.retain(|chan| {
@@ -313,11 +338,36 @@ impl Shard {
                 chan.room_for(pruned);
                 total += pruned as u64;
             }
-            !chan.is_idle()
+            if chan.is_idle() {
+                return false;
+            }
+            chan.shrink_queues();
+            true
         });
+        self.shrink_table();
         self.stats.expired += total;
         self.stats.queued -= total;
         total
+    }
+
+    /// Shrinks the table of channels if it is mostly empty (see [`shrink_target`]); a table
+    /// left empty is freed.
+    fn shrink_table(&mut self) {
+        let channels = &mut self.channels;
+        if let Some(target) = shrink_target(channels.len(), channels.capacity(), CHANNELS_FLOOR) {
+            channels.shrink_to(target, |c| c.hash);
+        }
+    }
+
+    /// The slots held: the table's, and the sum of the channels' queues'.
+    #[cfg(test)]
+    pub(crate) fn capacities(&self) -> (usize, usize) {
+        let queues = self
+            .channels
+            .iter()
+            .map(|c| c.items.capacity() + c.waiters.capacity() + c.senders.capacity())
+            .sum();
+        (self.channels.capacity(), queues)
     }
 
     /// Drops every message; collects the receivers to wake (they keep waiting afterwards).
@@ -331,6 +381,7 @@ impl Shard {
             wake.extend(chan.waiters.drain(..).map(|w| w.wake));
             false
         });
+        self.shrink_table();
         self.stats.flushed += dropped;
         self.stats.queued -= dropped;
     }
