@@ -80,7 +80,7 @@ Options:
                    error); 0 = keep receiving until SECS pass with nothing more
   --json           print JSON instead of a table
   --watch          print again every second until interrupted
-  --limit N        list at most N channels and N groups (default 1000)
+  --limit N        list at most N channels, N groups and N members of each (default 1000)
   -h, --help       print this help
 
 Messages are JSON objects, one per line. Integers must fit a signed 64-bit integer (a larger
