@@ -373,6 +373,9 @@ async fn frames_over_the_limit_are_refused_before_they_are_buffered() {
         written += sender.await.expect("sender");
     }
     peak = peak.max(server.rss_mib());
+    println!(
+        "20 clients sending 15 MB frames: the gateway went from {before:.1} to {peak:.1} MiB, {written} bytes written"
+    );
     assert!(
         peak - before < 16.0,
         "the gateway grew from {before:.1} to {peak:.1} MiB on oversized frames"
@@ -534,6 +537,9 @@ mod big_rooms {
         }
         stop.store(true, Ordering::Release);
         let slowest = pings.join().expect("pinger");
+        println!(
+            "inspect(1) and /stats on a million-member room: the slowest PING meanwhile {slowest:?}"
+        );
         assert!(
             slowest < Duration::from_millis(50),
             "a PING waited {slowest:?} while the room was looked at"
