@@ -186,6 +186,12 @@ pub(crate) use async_case_fns;
 /// argument when the body does not pin its type down). Invoke the macro inside a module of its
 /// own: the tests are named after the cases. Needs the `testing` feature.
 ///
+/// A fixture that needs something that may be missing (a server) can say so with
+/// `conformance_tests!(fixture, unavailable = check)`, where `check()` returns `None` when the
+/// cases can run and `Some(reason)` (anything `Display`) when they cannot: each case then
+/// prints `<case>: skipped: <reason>` and returns, so a missing server skips the cases that
+/// need it and nothing else.
+///
 /// # Examples
 ///
 /// ```
@@ -207,7 +213,14 @@ pub(crate) use async_case_fns;
 #[macro_export]
 macro_rules! conformance_tests {
     ($fixture:expr $(,)?) => {
-        $crate::__channel_layer_cases!([$crate::__channel_layer_blocking_tests] { $fixture });
+        $crate::__channel_layer_cases!([$crate::__channel_layer_blocking_tests] {
+            $fixture; || ::core::option::Option::<&str>::None
+        });
+    };
+    ($fixture:expr, unavailable = $unavailable:expr $(,)?) => {
+        $crate::__channel_layer_cases!([$crate::__channel_layer_blocking_tests] {
+            $fixture; $unavailable
+        });
     };
 }
 
@@ -244,7 +257,12 @@ macro_rules! conformance_tests {
 macro_rules! async_conformance_tests {
     ($fixture:expr, $block_on:expr $(,)?) => {
         $crate::__channel_layer_cases!([$crate::__channel_layer_async_tests] {
-            $fixture, $block_on
+            $fixture, $block_on; || ::core::option::Option::<&str>::None
+        });
+    };
+    ($fixture:expr, $block_on:expr, unavailable = $unavailable:expr $(,)?) => {
+        $crate::__channel_layer_cases!([$crate::__channel_layer_async_tests] {
+            $fixture, $block_on; $unavailable
         });
     };
 }
@@ -253,10 +271,18 @@ macro_rules! async_conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __channel_layer_blocking_tests {
-    ({ $fixture:expr } $($name:ident = $doc:literal;)*) => {$(
+    ({ $fixture:expr; $unavailable:expr } $($name:ident = $doc:literal;)*) => {$(
         #[doc = $doc]
         #[test]
         fn $name() {
+            if let ::core::option::Option::Some(why) = ($unavailable)() {
+                // Past the test harness's capture, so the skip shows in its output.
+                let _ = ::std::io::Write::write_fmt(
+                    &mut ::std::io::stderr(),
+                    ::core::format_args!("{}: skipped: {}\n", ::core::stringify!($name), why),
+                );
+                return;
+            }
             let fixture = $fixture;
             $crate::testing::cases::$name(&fixture);
         }
@@ -267,10 +293,18 @@ macro_rules! __channel_layer_blocking_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __channel_layer_async_tests {
-    ({ $fixture:expr, $block_on:expr } $($name:ident = $doc:literal;)*) => {$(
+    ({ $fixture:expr, $block_on:expr; $unavailable:expr } $($name:ident = $doc:literal;)*) => {$(
         #[doc = $doc]
         #[test]
         fn $name() {
+            if let ::core::option::Option::Some(why) = ($unavailable)() {
+                // Past the test harness's capture, so the skip shows in its output.
+                let _ = ::std::io::Write::write_fmt(
+                    &mut ::std::io::stderr(),
+                    ::core::format_args!("{}: skipped: {}\n", ::core::stringify!($name), why),
+                );
+                return;
+            }
             let fixture = $fixture;
             let block_on = $block_on;
             block_on($crate::testing::async_cases::$name(&fixture));

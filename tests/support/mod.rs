@@ -47,7 +47,15 @@ pub fn service_missing(what: &str, why: &str) {
              (unset {REQUIRE_SERVICES_ENV} to skip tests that need it)"
         );
     }
-    eprintln!("SKIPPED: {what}: {why}");
+    skipped(&format!("{what}: {why}"));
+}
+
+/// Says a test is skipped, and why, on stderr past the test harness's capture, so it shows in
+/// `cargo test`'s output.
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// Where tests keep scratch files: `CARGO_TARGET_TMPDIR` (set by Cargo for integration tests),

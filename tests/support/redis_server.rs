@@ -171,6 +171,19 @@ impl RedisServer {
         RedisServer::start_with(&[])
     }
 
+    /// Why no server can be started here, if none can (the binary cannot be run), after
+    /// [`service_missing`]: for a fixture's `unavailable` check.
+    ///
+    /// # Panics
+    ///
+    /// When `CHANNEL_LAYER_REQUIRE_SERVICES=1` and the binary is missing.
+    pub fn unavailable() -> Option<String> {
+        let bin = std::env::var(REDIS_SERVER_BIN_ENV).unwrap_or_else(|_| "redis-server".into());
+        let why = check_binary(&bin).err()?;
+        service_missing("redis-server", &why);
+        Some(format!("redis-server cannot run: {why}"))
+    }
+
     /// As [`start`](Self::start), with extra `redis-server` arguments (`--appendonly yes`,
     /// `--requirepass secret`, ...). A password set so is used by [`command`](Self::command)
     /// and [`query`](Self::query).
