@@ -683,7 +683,8 @@ pub(crate) fn decode_component(raw: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Reads a URL's query parameters: the common ones (`capacity`, `expiry`, `group_expiry`) go
+/// Reads a URL's query parameters: the common ones (`capacity`, `expiry`, `group_expiry`,
+/// `max_message_depth`, `max_message_bytes`) go
 /// into a [`LayerConfig`]; those named in `extra` are returned as `(name, value)` pairs, in the
 /// order given, for the backend; any other is an error. Every value is checked against the
 /// bounds of [`LayerConfig::validate`], and a common parameter given twice is an error.

@@ -563,6 +563,8 @@ where
     }
 }
 
+/// The instant `timeout` from now, or `None` (no deadline) when that is past what an
+/// `Instant` can hold.
 pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }

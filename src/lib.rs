@@ -127,9 +127,10 @@
 //!
 //! Every operation has a blocking form for plain threads and an async form
 //! (`send_async`, [`ChannelLayerExt::receive_async`], ...) that works on any executor: tokio,
-//! smol, `futures::executor`. The crate starts no runtime; timeouts of async receives are
-//! served by one small timer thread. Async receives are cancel safe: dropping one never loses
-//! a message.
+//! smol, `futures::executor`. The crate asks for no runtime of yours: timeouts of async
+//! receives are served by one small timer thread, and the `nats` backend runs its client on
+//! a two-thread tokio runtime of its own. Async receives are cancel safe: dropping one never
+//! loses a message.
 //!
 //! ```
 //! use std::time::Duration;

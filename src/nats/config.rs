@@ -98,7 +98,7 @@ pub struct NatsConfig {
     /// channels that several processes share as a work queue.
     ///
     /// Process-specific channels (`name!local`, made for one process's receivers) are taken
-    /// in batches of up to 256 while a receiver waits on them, whatever this setting.
+    /// in batches of up to 64 while a receiver waits on them, whatever this setting.
     pub receive_prefetch: usize,
     /// User name and password, from the URL's `user:password@`.
     pub user_password: Option<(String, String)>,

@@ -11,7 +11,9 @@
 //! point, and by the stream's age limit, which removes the oldest first. So the messages a
 //! purge removes are the *last* ones the take read, as many as the answer says: those are this
 //! receiver's, and no other purge can have removed them. A purge whose answer is lost is asked
-//! again; what the lost one may have removed is counted lost, never delivered twice.
+//! again; what the lost one may have removed is counted lost, never delivered twice. A purge
+//! that never answers may be applied late: its batch stays in doubt (see [`Reading`]) until a
+//! later purge has answered past it, and what of it no take delivered is counted lost then.
 //!
 //! # Watching
 //!
@@ -51,6 +53,10 @@ const LINGER: Duration = Duration::from_millis(250);
 const TAKE_GRACE: Duration = Duration::from_millis(50);
 /// The most messages one take reads and purges.
 const MAX_BATCH: usize = 256;
+/// The most messages taken ahead for the receivers of a process-specific channel: enough for
+/// a take to cost little per message, few enough that a purge applied without its answer (a
+/// stream leader lost mid-take) loses no more.
+const PROCESS_BATCH: usize = 64;
 /// The most reads of one message each a take makes on a server without batched reads.
 const SINGLE_READS: usize = 4;
 /// The first and the longest pause of a watching task after a failed take.
@@ -173,6 +179,18 @@ fn chain(
     });
 }
 
+/// What a taker knows of its channel from one take to the next.
+#[derive(Default)]
+struct Reading {
+    /// Messages known to follow, one after another, the last one taken.
+    ahead: VecDeque<StreamMessage>,
+    /// A purge that never answered (it may still be applied, late): the sequence number it
+    /// purged through, and how many messages of its batch no later take has delivered yet.
+    /// Takes read from the subject's front until one of their purges, answered, reaches past
+    /// it: what of the batch is still undelivered then was removed by it, and is counted lost.
+    doubt: Option<(u64, u64)>,
+}
+
 /// What a take did.
 #[derive(Default)]
 struct Taken {
@@ -230,13 +248,14 @@ impl Inner {
         let stream_name = self.place(&channel).0.cached_info().config.name.clone();
         let stream_name = stream_name.as_str();
         let mut wake = self.client.subscribe(wake_subject).await.ok();
-        let mut ahead = VecDeque::new();
+        let mut reading = Reading::default();
         let mut purged_through = 0;
         let mut pause = RETRY_MIN;
         let mut idle_since = None;
         loop {
             if self.is_closed() {
                 self.forget_if_idle(&channel, &watch);
+                self.settle(&mut reading);
                 return;
             }
             let waiting = watch.waiters.load(Ordering::Acquire);
@@ -244,6 +263,7 @@ impl Inner {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 let left = LINGER.saturating_sub(since.elapsed());
                 if left.is_zero() && self.forget_if_idle(&channel, &watch) {
+                    self.settle(&mut reading);
                     return;
                 }
                 left.max(Duration::from_millis(1))
@@ -256,7 +276,13 @@ impl Inner {
             // knows spare it reading them.
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(rung)) = subscription.next().now_or_never() {
-                    chain(&mut ahead, &rung, &subject, stream_name, purged_through);
+                    chain(
+                        &mut reading.ahead,
+                        &rung,
+                        &subject,
+                        stream_name,
+                        purged_through,
+                    );
                 }
             }
             let want = self.wanted(&channel, waiting);
@@ -264,7 +290,7 @@ impl Inner {
                 linger
             } else {
                 watch.taking.store(true, Ordering::Release);
-                let taken = self.take(&channel, want, &mut ahead).await;
+                let taken = self.take(&channel, want, &mut reading).await;
                 watch.taking.store(false, Ordering::Release);
                 if let Ok(t) = &taken {
                     if t.delivered > 0 {
@@ -304,7 +330,13 @@ impl Inner {
                 () = tokio::time::sleep(wait) => None,
             };
             if let Some(rung) = rung {
-                chain(&mut ahead, &rung, &subject, stream_name, purged_through);
+                chain(
+                    &mut reading.ahead,
+                    &rung,
+                    &subject,
+                    stream_name,
+                    purged_through,
+                );
             }
         }
     }
@@ -314,12 +346,12 @@ impl Inner {
     /// up once the local buffer holds less than half of it; as far as the buffer has room.
     ///
     /// A process-specific channel is received only by the process that made it, so messages
-    /// taken ahead for it wait for nobody else: it is taken in batches of up to [`MAX_BATCH`]
-    /// whatever the prefetch.
+    /// taken ahead for it wait for nobody else: it is taken in batches of up to
+    /// [`PROCESS_BATCH`] whatever the prefetch.
     fn wanted(&self, channel: &str, waiting: usize) -> usize {
         let queued = self.local.queued_len(channel);
         let prefetch = if crate::name::is_process_specific(channel) {
-            self.config.receive_prefetch.max(MAX_BATCH)
+            self.config.receive_prefetch.max(PROCESS_BATCH)
         } else {
             self.config.receive_prefetch
         };
@@ -341,10 +373,18 @@ impl Inner {
         &self,
         channel: &str,
         want: usize,
-        ahead: &mut VecDeque<StreamMessage>,
+        reading: &mut Reading,
     ) -> Result<Taken, BackendError> {
-        self.in_turn(channel, self.take_now(channel, want, ahead))
+        self.in_turn(channel, self.take_now(channel, want, reading))
             .await
+    }
+
+    /// Counts as lost what a purge that never answered may have removed, when nothing is left
+    /// to settle it (the taker ends).
+    fn settle(&self, reading: &mut Reading) {
+        if let Some((_, count)) = reading.doubt.take() {
+            Counters::add(&self.counters.lost, count);
+        }
     }
 
     /// Runs `work` (a take from `channel`) in the channel's turn.
@@ -374,15 +414,24 @@ impl Inner {
         &self,
         channel: &str,
         want: usize,
-        ahead: &mut VecDeque<StreamMessage>,
+        reading: &mut Reading,
     ) -> Result<Taken, BackendError> {
+        let mut want = want;
+        if reading.doubt.is_some() {
+            // Read from the subject's front, to settle the doubt, one message at a time: a
+            // server that lost one answer may lose the next (a leader being elected), and a
+            // purge applied without an answer loses its whole batch.
+            reading.ahead.clear();
+            want = 1;
+        }
+        let ahead = &mut reading.ahead;
         let (stream, subject) = self.place(channel);
         let want = want.clamp(1, MAX_BATCH);
         // One operation timeout for the whole take: reading gets the first half, the purge
         // (and its retries) what is left, so no take outlives it.
         let started = tokio::time::Instant::now();
         let deadline = started + self.config.operation_timeout;
-        let reading = started + self.config.operation_timeout / 2;
+        let reading_by = started + self.config.operation_timeout / 2;
         let mut batch = Vec::with_capacity(want.min(16));
         while batch.len() < want {
             match ahead.pop_front() {
@@ -402,6 +451,7 @@ impl Inner {
         } else {
             want.min(SINGLE_READS)
         };
+        let mut answered = false;
         while !known && batch.len() < reads {
             let from = batch.last().map_or(0, |m: &StreamMessage| m.sequence + 1);
             let count = batch.len();
@@ -416,15 +466,24 @@ impl Inner {
                         .collect())
                 }
             };
-            match tokio::time::timeout_at(reading, read).await {
-                Ok(found) => batch.extend(found?),
+            match tokio::time::timeout_at(reading_by, read).await {
+                Ok(found) => {
+                    batch.extend(found?);
+                    answered = true;
+                }
                 Err(_) => break,
             }
             if batch.len() == count {
                 break;
             }
         }
+        let ahead = &mut reading.ahead;
         let Some(last) = batch.last().map(|m| m.sequence) else {
+            if answered {
+                // Read from the front and found empty: the purge in doubt (if any) removed
+                // what no take delivered.
+                self.settle(reading);
+            }
             return Ok(Taken::default());
         };
         let read_next = !known && ahead.is_empty();
@@ -456,9 +515,17 @@ impl Inner {
         let (removed, unsure) = match removed {
             Ok(answer) => answer,
             Err(e) => {
-                // No purge answered: what any of them removed is nobody's. The batch is
-                // counted lost (some of it may have gone to other receivers), never delivered.
-                Counters::add(&self.counters.lost, batch.len() as u64);
+                // No purge answered: whether one was applied is settled by a later take (or,
+                // if none comes, the batch is counted lost). Nothing is delivered.
+                reading.doubt = Some(match reading.doubt {
+                    // This batch was read from the front: its messages up to the earlier
+                    // doubt's end are counted there already.
+                    Some((through, count)) => (
+                        through.max(last),
+                        count + batch.iter().filter(|m| m.sequence > through).count() as u64,
+                    ),
+                    None => (last, batch.len() as u64),
+                });
                 return Err(e);
             }
         };
@@ -487,10 +554,24 @@ impl Inner {
             through: Some(last),
         };
         for found in batch.drain(batch.len() - removed..) {
+            if let Some((through, count)) = &mut reading.doubt {
+                // Taken by this purge, not by the one in doubt.
+                if found.sequence <= *through {
+                    *count = count.saturating_sub(1);
+                }
+            }
             if self.deliver(channel, &found) {
                 taken.delivered += 1;
             } else {
                 taken.more = true;
+            }
+        }
+        if let Some((through, count)) = reading.doubt {
+            if last >= through {
+                // Everything up to the doubted purge's end is gone now: what of its batch no
+                // take delivered, it removed.
+                Counters::add(&self.counters.lost, count);
+                reading.doubt = None;
             }
         }
         Ok(taken)
@@ -677,19 +758,24 @@ impl Inner {
         let from = channel.to_owned();
         // What the task takes lands in the local buffer even if this future is dropped.
         rt::run(async move {
-            let mut ahead = VecDeque::new();
+            let mut reading = Reading::default();
             let started = Instant::now();
-            loop {
-                let taken = inner.take(&from, 1, &mut ahead).await?;
+            let outcome = loop {
+                let taken = match inner.take(&from, 1, &mut reading).await {
+                    Ok(taken) => taken,
+                    Err(e) => break Err(e),
+                };
                 // Past expired or undecodable messages, or another receiver's, to a live one,
                 // within the operation timeout.
                 if taken.delivered > 0
                     || !taken.more
                     || started.elapsed() >= inner.config.operation_timeout
                 {
-                    return Ok::<(), BackendError>(());
+                    break Ok::<(), BackendError>(());
                 }
-            }
+            };
+            inner.settle(&mut reading);
+            outcome
         })
         .await
         .map_err(|e| TryReceiveError::Backend(self.backend_error(e)))?;

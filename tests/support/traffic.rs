@@ -52,6 +52,8 @@ pub struct Traffic {
     figures: Arc<Mutex<Figures>>,
     threads: Vec<thread::JoinHandle<()>>,
     channels: Vec<String>,
+    /// Accepted messages never received, once [`finish`](Self::finish) has counted them.
+    missing: Arc<Mutex<u64>>,
 }
 
 fn id_of(m: &Message) -> (usize, u64) {
@@ -171,6 +173,7 @@ impl Traffic {
             figures,
             threads,
             channels,
+            missing: Arc::default(),
         }
     }
 
@@ -231,6 +234,22 @@ impl Traffic {
             f.receive_overrun <= SLACK,
             "{name}: a receive took {:?} past its timeout",
             f.receive_overrun
+        );
+        *self.missing.lock().unwrap() = missing;
+        (stored, received, unknown, lost)
+    }
+
+    /// As [`finish`](Self::finish), for a layer whose count of lost messages is exact: it
+    /// also checks that the layer counts no more than could be lost (a message accepted and
+    /// never received, or one whose send had an unknown outcome).
+    pub fn finish_exact(self, name: &str, layer: &dyn ChannelLayer) -> (usize, usize, usize, u64) {
+        let missing = self.missing.clone();
+        let (stored, received, unknown, lost) = self.finish(name, layer);
+        let missing = *missing.lock().unwrap();
+        assert!(
+            lost <= missing + unknown as u64,
+            "{name}: the layer counts {lost} lost, but only {missing} accepted messages never \
+             arrived and {unknown} sends had an unknown outcome"
         );
         (stored, received, unknown, lost)
     }
