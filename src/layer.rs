@@ -42,8 +42,96 @@ pub struct Capabilities {
     pub inspect: bool,
 }
 
+/// One thing a backend may support, as [`Capabilities::has`] asks about it.
+///
+/// # Examples
+///
+/// ```
+/// use channel_layer::prelude::*;
+/// use channel_layer::Capability;
+///
+/// let layer = InMemoryLayer::default();
+/// assert!(layer.capabilities().has(Capability::Groups));
+/// let missing: Vec<Capability> = Capability::ALL
+///     .into_iter()
+///     .filter(|c| !layer.capabilities().has(*c))
+///     .collect();
+/// assert_eq!(missing, [Capability::SharedBetweenLayers]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Capability {
+    /// [`Capabilities::groups`].
+    Groups,
+    /// [`Capabilities::flush`].
+    Flush,
+    /// [`Capabilities::receive_any_process_channel`].
+    ReceiveAnyProcessChannel,
+    /// [`Capabilities::shared_between_layers`].
+    SharedBetweenLayers,
+    /// [`Capabilities::exact_gauges`].
+    ExactGauges,
+    /// [`Capabilities::inspect`].
+    Inspect,
+}
+
+impl Capability {
+    /// Every capability, in declaration order.
+    pub const ALL: [Capability; 6] = [
+        Capability::Groups,
+        Capability::Flush,
+        Capability::ReceiveAnyProcessChannel,
+        Capability::SharedBetweenLayers,
+        Capability::ExactGauges,
+        Capability::Inspect,
+    ];
+
+    /// Its name, as the field of [`Capabilities`] that holds it (`"groups"`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Capability::Groups => "groups",
+            Capability::Flush => "flush",
+            Capability::ReceiveAnyProcessChannel => "receive_any_process_channel",
+            Capability::SharedBetweenLayers => "shared_between_layers",
+            Capability::ExactGauges => "exact_gauges",
+            Capability::Inspect => "inspect",
+        }
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Capabilities {
-    /// No capabilities; add them with the `with_*` methods.
+    /// Whether the backend has `capability`.
+    pub const fn has(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Groups => self.groups,
+            Capability::Flush => self.flush,
+            Capability::ReceiveAnyProcessChannel => self.receive_any_process_channel,
+            Capability::SharedBetweenLayers => self.shared_between_layers,
+            Capability::ExactGauges => self.exact_gauges,
+            Capability::Inspect => self.inspect,
+        }
+    }
+
+    /// With `capability` set to `yes`.
+    #[must_use]
+    pub const fn with(self, capability: Capability, yes: bool) -> Self {
+        match capability {
+            Capability::Groups => self.with_groups(yes),
+            Capability::Flush => self.with_flush(yes),
+            Capability::ReceiveAnyProcessChannel => self.with_receive_any_process_channel(yes),
+            Capability::SharedBetweenLayers => self.with_shared_between_layers(yes),
+            Capability::ExactGauges => self.with_exact_gauges(yes),
+            Capability::Inspect => self.with_inspect(yes),
+        }
+    }
+
+    /// No capabilities; add them with [`Capabilities::with`] or the `with_*` methods.
     pub const fn none() -> Self {
         Capabilities {
             groups: false,

@@ -271,7 +271,8 @@ pub use crate::error::{
 };
 pub use crate::inspect::Inspection;
 pub use crate::layer::{
-    BoxFuture, Capabilities, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX, GroupSendReport,
+    BoxFuture, Capabilities, Capability, ChannelLayer, ChannelLayerExt, DEFAULT_CHANNEL_PREFIX,
+    GroupSendReport,
 };
 pub use crate::memory::InMemoryLayer;
 pub use crate::message::{Map, Message, MessageError, Str, Value};

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::LayerConfig;
 use crate::error::{ReceiveError, TryReceiveError};
+use crate::layer::Capability;
 use crate::message::{Map, Message, Value};
 use crate::metrics::MetricsSnapshot;
 use crate::testing::driver::{Ctx, QUIET, numbered};
@@ -328,7 +329,7 @@ pub(crate) async fn message_limits_checked_at_send(cx: Ctx<'_>) {
     use crate::config::DEFAULT_MAX_MESSAGE_DEPTH as DEPTH;
     use crate::error::{LayerError, SendError};
     use crate::message::MessageError;
-    use crate::testing::driver::{Need, config};
+    use crate::testing::driver::config;
 
     let layer = cx.default_layer();
     layer.send_ok("limits.deep", nested(DEPTH)).await;
@@ -363,7 +364,7 @@ pub(crate) async fn message_limits_checked_at_send(cx: Ctx<'_>) {
         }) => assert!(message == large, "the message is handed back"),
         other => panic!("a send past the size limit: {other:?}"),
     }
-    if cx.has(&layer, Need::Groups) {
+    if cx.has(&layer, Capability::Groups) {
         layer.group_add_ok("limits.room", "limits.size").await;
         match layer.group_send("limits.room", large).await {
             Err(LayerError::InvalidMessage(MessageError::TooLarge { .. })) => {}

@@ -4,9 +4,10 @@ use std::time::{Duration, Instant};
 
 use crate::LayerConfig;
 use crate::error::SendError;
+use crate::layer::Capability;
 use crate::message::Message;
 use crate::name::non_local_name;
-use crate::testing::driver::{Ctx, Driver, Need, config, number, numbered};
+use crate::testing::driver::{Ctx, Driver, config, number, numbered};
 
 /// Sends `message` where it must not fit, and checks the `Full` error: it names the channel
 /// (or, for a process-specific one, possibly its non-local part), gives the capacity, and
@@ -258,7 +259,7 @@ pub(crate) async fn group_larger_than_capacity_reaches_every_member(cx: Ctx<'_>)
                 .capacity(crate::config::DEFAULT_CAPACITY)
                 .expiry(Duration::from_secs(600)),
         ));
-        if !cx.has(&layer, Need::Groups) {
+        if !cx.has(&layer, Capability::Groups) {
             return;
         }
         let group = format!("room{members}");
@@ -331,7 +332,7 @@ pub(crate) async fn send_until_waits_for_room(cx: Ctx<'_>) {
     receiver.join().await;
     layer.expect_numbered("waiting", [3]).await;
 
-    if cx.has(&layer, Need::Flush) {
+    if cx.has(&layer, Capability::Flush) {
         layer.send_ok("waiting", numbered("message", 4)).await;
         let flusher = layer.spawn("flusher", |d| async move {
             d.sleep(Duration::from_millis(100)).await;

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use crate::LayerConfig;
 use crate::error::ReceiveError;
+use crate::layer::Capability;
 use crate::message::{Message, Value};
-use crate::testing::driver::{Ctx, Driver, Need, config, join_all};
+use crate::testing::driver::{Ctx, Driver, config, join_all};
 
 /// How long a consumer waits for a message before checking whether the producers are done.
 const POLL: Duration = Duration::from_millis(20);
@@ -185,7 +186,7 @@ pub(crate) async fn concurrent_group_changes_during_group_send(cx: Ctx<'_>) {
     const CHURNERS: u64 = 2;
     const CHANGES: usize = 300;
     let layer = cx.layer(config(LayerConfig::builder().capacity(1000)));
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     let members: Arc<Vec<String>> = Arc::new((0..MEMBERS).map(|i| format!("member-{i}")).collect());

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::LayerConfig;
 use crate::error::ReceiveError;
+use crate::layer::Capability;
 use crate::layer::GroupSendReport;
 use crate::message::Message;
-use crate::testing::driver::{Ctx, Driver, Need, QUIET, Timing, config, number, numbered};
+use crate::testing::driver::{Ctx, Driver, QUIET, Timing, config, number, numbered};
 
 fn expiring(expiry: Duration) -> LayerConfig {
     config(LayerConfig::builder().expiry(expiry))
@@ -143,7 +144,7 @@ async fn all_young_once(cx: Ctx<'_>) -> Timing {
 
 pub(crate) async fn expiry_through_group_send(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     cx.retry_if_slow(|| group_expiry_of_messages_once(cx)).await;
@@ -187,7 +188,7 @@ async fn group_expiry_of_messages_once(cx: Ctx<'_>) -> Timing {
 
 pub(crate) async fn group_expiry(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     cx.retry_if_slow(|| group_expiry_once(cx)).await;

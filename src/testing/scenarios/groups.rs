@@ -1,9 +1,10 @@
 //! Groups: membership, fan-out, and full members.
 
 use crate::LayerConfig;
+use crate::layer::Capability;
 use crate::layer::GroupSendReport;
 use crate::message::Message;
-use crate::testing::driver::{Ctx, Need, config, numbered};
+use crate::testing::driver::{Ctx, config, numbered};
 
 fn report(delivered: usize, skipped_full: usize) -> GroupSendReport {
     GroupSendReport::new(delivered, skipped_full)
@@ -11,7 +12,7 @@ fn report(delivered: usize, skipped_full: usize) -> GroupSendReport {
 
 pub(crate) async fn groups_basic(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     // Plain channel names, as in Django's in-memory tests.
@@ -55,7 +56,7 @@ pub(crate) async fn groups_basic(cx: Ctx<'_>) {
 
 pub(crate) async fn group_add_is_idempotent(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     layer.group_add_ok("twice", "member").await;
@@ -74,7 +75,7 @@ pub(crate) async fn group_add_is_idempotent(cx: Ctx<'_>) {
 
 pub(crate) async fn group_discard_unknown_is_ok(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     layer.group_discard_ok("never-created", "someone").await;
@@ -102,7 +103,7 @@ pub(crate) async fn group_discard_unknown_is_ok(cx: Ctx<'_>) {
 
 pub(crate) async fn group_send_never_fails_when_full(cx: Ctx<'_>) {
     let layer = cx.layer(config(LayerConfig::builder().capacity(3)));
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     layer.group_add_ok("test-group", "only-member").await;
@@ -129,7 +130,7 @@ pub(crate) async fn group_send_never_fails_when_full(cx: Ctx<'_>) {
 
 pub(crate) async fn group_send_capacity_multiple_channels(cx: Ctx<'_>) {
     let layer = cx.layer(config(LayerConfig::builder().capacity(3)));
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     let first = layer.new_channel("channel-1");
@@ -154,7 +155,7 @@ pub(crate) async fn group_send_capacity_multiple_channels(cx: Ctx<'_>) {
 
 pub(crate) async fn groups_same_prefix(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Groups) {
+    if !cx.has(&layer, Capability::Groups) {
         return;
     }
     let members: Vec<String> = (0..3).map(|_| layer.new_channel("test-gr-chan")).collect();

@@ -6,18 +6,19 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::error::{LayerError, ReceiveError, SendError, TryReceiveError};
+use crate::layer::Capability;
 use crate::layer::{ChannelLayerExt, GroupSendReport};
-use crate::testing::driver::{Ctx, Need, PATIENCE, QUIET, number, numbered};
+use crate::testing::driver::{Ctx, PATIENCE, QUIET, number, numbered};
 
 /// How soon after `close` a waiting receiver must have woken.
 const WAKE_LIMIT: Duration = Duration::from_secs(1);
 
 pub(crate) async fn flush_empties_everything(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::Flush) {
+    if !cx.has(&layer, Capability::Flush) {
         return;
     }
-    let groups = cx.has(&layer, Need::Groups);
+    let groups = cx.has(&layer, Capability::Groups);
     layer.send_numbered("a", "message", 1..=2).await;
     layer.send_numbered("b", "message", [3]).await;
     if groups {
@@ -132,7 +133,7 @@ pub(crate) async fn close_wakes_blocked_receivers(cx: Ctx<'_>) {
         Err(TryReceiveError::Closed) => {}
         other => panic!("try_receive after close must fail Closed, got {other:?}"),
     }
-    if cx.has(&layer, Need::Groups) {
+    if cx.has(&layer, Capability::Groups) {
         let results = [
             ("group_add", layer.group_add("group", "member").await),
             (
@@ -151,7 +152,7 @@ pub(crate) async fn close_wakes_blocked_receivers(cx: Ctx<'_>) {
             );
         }
     }
-    if cx.has(&layer, Need::Flush) {
+    if cx.has(&layer, Capability::Flush) {
         let result = layer.flush().await;
         assert!(
             matches!(result, Err(LayerError::Closed)),

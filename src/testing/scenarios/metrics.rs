@@ -4,8 +4,9 @@ use std::time::{Duration, Instant};
 
 use crate::LayerConfig;
 use crate::error::ReceiveError;
+use crate::layer::Capability;
 use crate::metrics::MetricsSnapshot;
-use crate::testing::driver::{Ctx, Driver, Need, PATIENCE, config, numbered};
+use crate::testing::driver::{Ctx, Driver, PATIENCE, config, numbered};
 
 /// The counters a case expects, compared field by field with a snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,7 +60,7 @@ fn check(layer: &Driver, exact_gauges: bool, mut expected: Counts, when: &str) {
 pub(crate) async fn metrics_snapshot_accounting(cx: Ctx<'_>) {
     let expiry = Duration::from_secs(1);
     let layer = cx.layer(config(LayerConfig::builder().capacity(4).expiry(expiry)));
-    let exact = cx.has(&layer, Need::ExactGauges);
+    let exact = cx.has(&layer, Capability::ExactGauges);
     let check = |layer: &Driver, want: Counts, when: &str| check(layer, exact, want, when);
     let mut want = Counts::default();
     check(&layer, want, "on a fresh layer");
@@ -88,7 +89,7 @@ pub(crate) async fn metrics_snapshot_accounting(cx: Ctx<'_>) {
     check(&layer, want, "after filling a channel");
 
     let mut expired_later = 1 + 4;
-    if cx.has(&layer, Need::Groups) {
+    if cx.has(&layer, Capability::Groups) {
         for member in ["b", "c", "d"] {
             layer.group_add_ok("group", member).await;
         }
@@ -131,7 +132,7 @@ pub(crate) async fn metrics_snapshot_accounting(cx: Ctx<'_>) {
 
     layer.send_numbered("e", "message", 1..=2).await;
     want.sent += 2;
-    if cx.has(&layer, Need::Flush) {
+    if cx.has(&layer, Capability::Flush) {
         if let Err(e) = layer.flush().await {
             panic!("flush failed: {e}");
         }
@@ -155,10 +156,10 @@ fn gauges(layer: &Driver, queued: u64, channels: u64, groups: Option<u64>, when:
 
 pub(crate) async fn gauges_return_to_zero(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    if !cx.has(&layer, Need::ExactGauges) {
+    if !cx.has(&layer, Capability::ExactGauges) {
         return;
     }
-    let groups = cx.has(&layer, Need::Groups);
+    let groups = cx.has(&layer, Capability::Groups);
     let some = |n| groups.then_some(n);
     gauges(&layer, 0, 0, some(0), "on a fresh layer");
 

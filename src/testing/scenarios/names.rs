@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use crate::LayerConfig;
 use crate::error::{LayerError, ReceiveError, SendError, TryReceiveError};
+use crate::layer::Capability;
 use crate::layer::{ChannelLayer, DEFAULT_CHANNEL_PREFIX};
 use crate::message::{Message, MessageError, RESERVED_KEY};
 use crate::name::{NameError, NameKind, validate_channel};
-use crate::testing::driver::{Ctx, Driver, Need, PATIENCE, config, join_all, numbered};
+use crate::testing::driver::{Ctx, Driver, PATIENCE, config, join_all, numbered};
 
 /// Checks a minted name: valid, one `!`, starting with its prefix.
 fn check_minted(name: &str, prefix: &str) {
@@ -78,7 +79,7 @@ pub(crate) async fn process_specific_send_receive(cx: Ctx<'_>) {
 
 pub(crate) async fn process_specific_foreign_names(cx: Ctx<'_>) {
     let layer = cx.layer(config(LayerConfig::builder().capacity(3)));
-    if !cx.has(&layer, Need::ReceiveAnyProcessChannel) {
+    if !cx.has(&layer, Capability::ReceiveAnyProcessChannel) {
         // Such a backend must say so when asked to receive on a name it did not mint.
         let started = Instant::now();
         match layer.receive_timeout("foreign.process!abc", PATIENCE).await {
@@ -216,7 +217,7 @@ async fn reject_group_name(layer: &Driver, group: &str) {
 
 pub(crate) async fn invalid_names_rejected(cx: Ctx<'_>) {
     let layer = cx.default_layer();
-    let groups = cx.has(&layer, Need::Groups);
+    let groups = cx.has(&layer, Capability::Groups);
     let long_channel = long('c');
     let bad_channels = [
         "=+135!",
@@ -300,7 +301,7 @@ pub(crate) async fn reserved_key_rejected(cx: Ctx<'_>) {
         }
     }
     layer.expect_empty("chan").await;
-    if cx.has(&layer, Need::Groups) {
+    if cx.has(&layer, Capability::Groups) {
         layer.group_add_ok("group", "member").await;
         match layer.group_send("group", sneaky.clone()).await {
             Err(LayerError::InvalidMessage(MessageError::ReservedKey { key })) => {
