@@ -249,6 +249,7 @@ impl Inner {
         let stream_name = stream_name.as_str();
         let mut wake = self.client.subscribe(wake_subject).await.ok();
         let mut reading = Reading::default();
+        let mut reconnects = self.counters.reconnects.load(Ordering::Acquire);
         let mut purged_through = 0;
         let mut pause = RETRY_MIN;
         let mut idle_since = None;
@@ -272,6 +273,14 @@ impl Inner {
                 LOOK_AGAIN
             };
             let changed = self.changed.notified();
+            // After a reconnect (a server restarted, say), what was known ahead is forgotten: a
+            // server that lost its last writes in a crash gives their sequence numbers to new
+            // messages, and a copy read or woken before it would stand for another message.
+            let now_reconnects = self.counters.reconnects.load(Ordering::Acquire);
+            if now_reconnects != reconnects {
+                reconnects = now_reconnects;
+                reading.ahead.clear();
+            }
             // What has rung so far is answered by this take; the copies that follow what it
             // knows spare it reading them.
             if let Some(subscription) = wake.as_mut() {
