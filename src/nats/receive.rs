@@ -139,46 +139,6 @@ fn announced(wake: &async_nats::Message, subject: &str, stream: &str) -> Option<
     Some((sequence, before))
 }
 
-/// Adds the message a wake-up copies to `ahead` (the messages known to follow, one after
-/// another, those this watch has taken) when it is the next one: the message stored on its
-/// subject just before it is the last one in `ahead`, or, with `ahead` empty, the last one
-/// this watch purged or none at all. A take then needs no read: its purge is the one round
-/// trip. A wake-up that does not fit (one lost, or one for a message read already) is left
-/// out; reads from the server fill the gap.
-fn chain(
-    ahead: &mut VecDeque<StreamMessage>,
-    wake: &async_nats::Message,
-    subject: &str,
-    stream: &str,
-    purged_through: u64,
-) {
-    let Some((sequence, before)) = announced(wake, subject, stream) else {
-        return;
-    };
-    let fits = match ahead.back() {
-        Some(last) => before == last.sequence,
-        None => sequence > purged_through && (before == 0 || before == purged_through),
-    };
-    if !fits || ahead.len() >= MAX_AHEAD {
-        return;
-    }
-    let headers = wake.headers.clone().unwrap_or_default();
-    let time = headers
-        .get(async_nats::header::NATS_TIME_STAMP)
-        .and_then(|t| {
-            time::OffsetDateTime::parse(t.as_str(), &time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(time::OffsetDateTime::now_utc);
-    ahead.push_back(StreamMessage {
-        subject: subject.into(),
-        sequence,
-        headers,
-        payload: wake.payload.clone(),
-        time,
-    });
-}
-
 /// What a taker knows of its channel from one take to the next.
 #[derive(Default)]
 struct Reading {
@@ -189,6 +149,50 @@ struct Reading {
     /// Takes read from the subject's front until one of their purges, answered, reaches past
     /// it: what of the batch is still undelivered then was removed by it, and is counted lost.
     doubt: Option<(u64, u64)>,
+    /// The sequence number the last answered purge went through (0 before any): where
+    /// `ahead` starts when it is empty.
+    purged_through: u64,
+}
+
+impl Reading {
+    /// Adds the message a wake-up copies to `ahead` (the messages known to follow, one after
+    /// another, those taken) when it is the next one: the message stored on its subject just
+    /// before it is the last one in `ahead`, or, with `ahead` empty, the last one purged or
+    /// none at all. A take then needs no read: its purge is the one round trip. A wake-up that
+    /// does not fit (one lost, or one for a message read already) is left out; reads from the
+    /// server fill the gap.
+    fn chain(&mut self, wake: &async_nats::Message, subject: &str, stream: &str) {
+        let Some((sequence, before)) = announced(wake, subject, stream) else {
+            return;
+        };
+        let fits = match self.ahead.back() {
+            Some(last) => before == last.sequence,
+            None => {
+                sequence > self.purged_through && (before == 0 || before == self.purged_through)
+            }
+        };
+        if !fits || self.ahead.len() >= MAX_AHEAD {
+            return;
+        }
+        let headers = wake.headers.clone().unwrap_or_default();
+        let time = headers
+            .get(async_nats::header::NATS_TIME_STAMP)
+            .and_then(|t| {
+                time::OffsetDateTime::parse(
+                    t.as_str(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .unwrap_or_else(time::OffsetDateTime::now_utc);
+        self.ahead.push_back(StreamMessage {
+            subject: subject.into(),
+            sequence,
+            headers,
+            payload: wake.payload.clone(),
+            time,
+        });
+    }
 }
 
 /// What a take did.
@@ -199,8 +203,6 @@ struct Taken {
     /// Messages removed without delivery (expired, undecodable) or read but another
     /// receiver's: more may be there to take at once.
     more: bool,
-    /// The sequence number the take purged through.
-    through: Option<u64>,
 }
 
 impl Inner {
@@ -250,7 +252,6 @@ impl Inner {
         let mut wake = self.client.subscribe(wake_subject).await.ok();
         let mut reading = Reading::default();
         let mut reconnects = self.counters.reconnects.load(Ordering::Acquire);
-        let mut purged_through = 0;
         let mut pause = RETRY_MIN;
         let mut idle_since = None;
         loop {
@@ -285,13 +286,7 @@ impl Inner {
             // knows spare it reading them.
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(rung)) = subscription.next().now_or_never() {
-                    chain(
-                        &mut reading.ahead,
-                        &rung,
-                        &subject,
-                        stream_name,
-                        purged_through,
-                    );
+                    reading.chain(&rung, &subject, stream_name);
                 }
             }
             let want = self.wanted(&channel, waiting);
@@ -301,11 +296,8 @@ impl Inner {
                 watch.taking.store(true, Ordering::Release);
                 let taken = self.take(&channel, want, &mut reading).await;
                 watch.taking.store(false, Ordering::Release);
-                if let Ok(t) = &taken {
-                    if t.delivered > 0 {
-                        watch.delivered.notify_waiters();
-                    }
-                    purged_through = t.through.map_or(purged_through, |t| t.max(purged_through));
+                if taken.as_ref().is_ok_and(|t| t.delivered > 0) {
+                    watch.delivered.notify_waiters();
                 }
                 match taken {
                     Ok(t) if t.delivered > 0 || t.more => {
@@ -339,13 +331,7 @@ impl Inner {
                 () = tokio::time::sleep(wait) => None,
             };
             if let Some(rung) = rung {
-                chain(
-                    &mut reading.ahead,
-                    &rung,
-                    &subject,
-                    stream_name,
-                    purged_through,
-                );
+                reading.chain(&rung, &subject, stream_name);
             }
         }
     }
@@ -538,6 +524,7 @@ impl Inner {
                 return Err(e);
             }
         };
+        reading.purged_through = reading.purged_through.max(last);
         if removed > batch.len() as u64 {
             // More removed than were read: the batch was not every message up to its last
             // (a wake-up that lied about what came before it). Which of them were these is
@@ -548,7 +535,6 @@ impl Inner {
             return Ok(Taken {
                 delivered: 0,
                 more: true,
-                through: Some(last),
             });
         }
         let removed = usize::try_from(removed).unwrap_or(usize::MAX);
@@ -560,7 +546,6 @@ impl Inner {
         let mut taken = Taken {
             delivered: 0,
             more: removed < batch.len(),
-            through: Some(last),
         };
         for found in batch.drain(batch.len() - removed..) {
             if let Some((through, count)) = &mut reading.doubt {
