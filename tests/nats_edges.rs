@@ -409,3 +409,88 @@ fn a_backlog_on_a_process_specific_channel_is_taken_in_batches() {
         "{SENT} messages took {requests} JetStream API requests on {version} (at most {most})"
     );
 }
+
+#[test]
+fn receivers_waiting_on_many_reply_channels_share_one_subscription() {
+    // A service client with 200 requests out waits on 200 fresh reply channels: one wake-up
+    // subscription serves them all (their names share the process's prefix), not one each.
+    const WAITING: usize = 200;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let layer = layer_on(&server, LayerConfig::default(), Duration::from_secs(5));
+    let before = server_subscriptions(&server);
+    let replies: Vec<String> = (0..WAITING)
+        .map(|_| layer.new_channel("reply").unwrap())
+        .collect();
+    let rt = tokio();
+    let waiting: Vec<_> = replies
+        .iter()
+        .map(|reply| {
+            let (layer, reply) = (layer.clone(), reply.clone());
+            rt.spawn(async move {
+                layer
+                    .receive_timeout_async(&reply, Duration::from_secs(20))
+                    .await
+            })
+        })
+        .collect();
+    // Every receiver is waiting once its take has found nothing; the subscriptions then stand.
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = server_subscriptions(&server) - before;
+    for (n, reply) in replies.iter().enumerate() {
+        layer
+            .send(reply, Message::new("answer").with("n", n as i64))
+            .unwrap();
+    }
+    for (n, receiving) in waiting.into_iter().enumerate() {
+        let got = rt.block_on(receiving).unwrap().unwrap();
+        assert_eq!(got.get("n").and_then(|v| v.as_i64()), Some(n as i64));
+    }
+    assert!(
+        during <= 3,
+        "{WAITING} receivers on reply channels held {during} subscriptions on the server"
+    );
+}
+
+#[test]
+fn a_receiver_back_on_its_channel_waits_for_a_wake_up_without_reading() {
+    // A service receiving one request at a time: each message costs its take (one purge),
+    // not a read each time the receiver comes back as well.
+    const MESSAGES: u64 = 200;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let layer = layer_on(&server, LayerConfig::default(), Duration::from_secs(5));
+    let service = {
+        let layer = layer.clone();
+        std::thread::spawn(move || {
+            for n in 0..MESSAGES {
+                let got = layer
+                    .receive_timeout("svc.requests", Duration::from_secs(10))
+                    .unwrap();
+                assert_eq!(got.get("n").and_then(|v| v.as_i64()), Some(n as i64));
+                layer.send("svc.done", Message::new("done")).unwrap();
+            }
+        })
+    };
+    // The service waits first, and is caught up.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = api_requests(&server);
+    for n in 0..MESSAGES {
+        layer
+            .send("svc.requests", Message::new("request").with("n", n as i64))
+            .unwrap();
+        layer
+            .receive_timeout("svc.done", Duration::from_secs(10))
+            .unwrap();
+    }
+    service.join().unwrap();
+    // Per request: the two takes (a purge each), and some slack for a wake-up raced.
+    let requests = api_requests(&server) - before;
+    assert!(
+        requests <= MESSAGES * 2 + MESSAGES / 5,
+        "{MESSAGES} requests took {requests} JetStream API requests ({:.1} each)",
+        requests as f64 / MESSAGES as f64
+    );
+}

@@ -101,7 +101,10 @@ impl Inner {
             })?;
             let head = subjects::channel_subject_head(&self.config.prefix, capacity);
             for (subject, queued) in listed {
-                let Some(token) = subject.strip_prefix(&head) else {
+                let Some(channel) = subject
+                    .strip_prefix(&head)
+                    .and_then(subjects::channel_of_tail)
+                else {
                     continue;
                 };
                 if channels.len() >= limit {
@@ -112,11 +115,7 @@ impl Inner {
                     Ok(Some(found)) => Some(age(sent_at(&found))),
                     _ => None,
                 };
-                channels.push(ChannelState::new(
-                    subjects::channel_of_token(token),
-                    queued,
-                    oldest,
-                ));
+                channels.push(ChannelState::new(channel, queued, oldest));
             }
         }
         channels.sort_by(|a, b| a.name.cmp(&b.name));

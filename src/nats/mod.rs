@@ -20,7 +20,9 @@
 //! - A layer watches a channel only while receivers wait on it: one task and one subscription
 //!   to the channel's wake subject (where the stream republishes what it stores) per watched
 //!   channel, whatever the number of receivers; both end when the last receiver leaves, so a
-//!   receive dropped at any point leaves nothing behind. A wake-up carries a copy of the
+//!   receive dropped at any point leaves nothing behind. The process-specific channels a layer
+//!   made with one `new_channel` prefix share one task and one wildcard subscription, so
+//!   reply channels cost no server object however many a client goes through. A wake-up carries a copy of the
 //!   stored message and the sequence number of the one before it on its subject: copies that
 //!   continue what the task has read spare it reading them, so a take is its purge alone.
 //! - Group memberships are keys of a key-value bucket, `<prefix>_groups`, whose maximum age is
@@ -219,13 +221,16 @@ impl Inner {
     /// The stream and subject of `channel`.
     fn place(&self, channel: &str) -> (&stream::Stream, String) {
         let capacity = self.config.layer.capacity_for(channel);
-        let stream = self
-            .streams
+        let subject = subjects::channel_subject(&self.config.prefix, capacity, channel);
+        (self.stream_of(capacity), subject)
+    }
+
+    /// The stream of the channels of capacity `capacity`.
+    fn stream_of(&self, capacity: usize) -> &stream::Stream {
+        self.streams
             .get(&capacity)
             // Every capacity `capacity_for` can give has its stream, made at build.
-            .unwrap_or_else(|| &self.streams[&self.config.layer.capacity]);
-        let subject = subjects::channel_subject(&self.config.prefix, capacity, channel);
-        (stream, subject)
+            .unwrap_or_else(|| &self.streams[&self.config.layer.capacity])
     }
 
     fn backend_error(&self, error: BackendError) -> BackendError {

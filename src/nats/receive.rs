@@ -25,7 +25,7 @@
 //! subscription end when the last receiver leaves, however it leaves (a message, a timeout, or
 //! its future dropped), so a storm of cancelled receives leaves nothing behind.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -63,7 +63,29 @@ const SINGLE_READS: usize = 4;
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// A channel receivers here wait on.
+/// What a watch takes for.
+#[derive(Clone)]
+enum Watched {
+    /// One channel.
+    Channel(String),
+    /// Every process-specific channel this layer made with one `new_channel` prefix (and so
+    /// one non-local part, `process`, with its `!`) whose capacity is `capacity`: their wake
+    /// subjects share one filter, so one subscription and one task serve all of them, however
+    /// many reply channels a process goes through.
+    Process { process: String, capacity: usize },
+}
+
+/// Where a task's wake-ups come from and what they may name.
+struct Wakes {
+    /// What the wake subjects of its stream start with.
+    head: String,
+    /// The stream's name, which a wake-up must carry.
+    stream: String,
+    capacity: usize,
+    watched: Watched,
+}
+
+/// Channels receivers here wait on: one, or a process's (see [`Watched`]).
 #[derive(Default)]
 pub(super) struct Watch {
     /// How many receivers wait for a message that is not in the local buffer yet. A receiver
@@ -71,6 +93,8 @@ pub(super) struct Watch {
     /// receivers less queued messages never counts one that is about to be served: a take
     /// never fetches for a receiver that has its message.
     waiters: AtomicUsize,
+    /// The same, per channel (only channels with a receiver waiting are in it).
+    waiting_on: parking_lot::Mutex<HashMap<String, usize>>,
     /// A receiver came or left: the task looks again, or ends.
     poke: Notify,
     /// The task put messages in the local buffer (or the layer closed).
@@ -83,6 +107,7 @@ pub(super) struct Watch {
 /// One receiver's place among a [`Watch`]'s waiters; leaving it (dropped) tells the task.
 struct Waiting {
     watch: Arc<Watch>,
+    channel: String,
     /// Whether this receiver is counted among the waiters.
     counted: bool,
 }
@@ -92,22 +117,50 @@ impl Watch {
     pub(super) fn wake_receivers(&self) {
         self.delivered.notify_waiters();
     }
+
+    fn count_in(&self, channel: &str) {
+        *self
+            .waiting_on
+            .lock()
+            .entry(channel.to_owned())
+            .or_default() += 1;
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        self.poke.notify_one();
+    }
+
+    fn count_out(&self, channel: &str) {
+        {
+            let mut waiting_on = self.waiting_on.lock();
+            if let Some(n) = waiting_on.get_mut(channel) {
+                *n -= 1;
+                if *n == 0 {
+                    waiting_on.remove(channel);
+                }
+            }
+        }
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.poke.notify_one();
+    }
+
+    /// The channels receivers wait on now, with how many wait on each.
+    fn waited(&self) -> Vec<(String, usize)> {
+        let waiting_on = self.waiting_on.lock();
+        waiting_on.iter().map(|(c, n)| (c.clone(), *n)).collect()
+    }
 }
 
 impl Waiting {
     fn leave(&mut self) {
         if self.counted {
             self.counted = false;
-            self.watch.waiters.fetch_sub(1, Ordering::AcqRel);
-            self.watch.poke.notify_one();
+            self.watch.count_out(&self.channel);
         }
     }
 
     fn rejoin(&mut self) {
         if !self.counted {
             self.counted = true;
-            self.watch.waiters.fetch_add(1, Ordering::AcqRel);
-            self.watch.poke.notify_one();
+            self.watch.count_in(&self.channel);
         }
     }
 }
@@ -118,8 +171,15 @@ impl Drop for Waiting {
     }
 }
 
-/// The most messages read ahead of a take (from wake-ups or the server) held by a watch.
+/// The most messages read ahead of a take (from wake-ups or the server) held for a channel.
 const MAX_AHEAD: usize = 4 * MAX_BATCH;
+/// The most messages a task holds from wake-ups, over all the channels it watches.
+const MAX_KNOWN: usize = 4 * MAX_AHEAD;
+/// The most takes a task runs at once (on different channels of a process).
+const MAX_TAKES: usize = 64;
+/// How long after a receiver waited on one of a process's channels messages known for it
+/// are taken while that process's receivers wait on others.
+const RECENT: Duration = Duration::from_secs(1);
 
 /// What a wake-up says of the message it copies: its sequence number and that of the message
 /// stored on the same subject just before it (0 if none), if it is a republish of a message of
@@ -144,6 +204,14 @@ fn announced(wake: &async_nats::Message, subject: &str, stream: &str) -> Option<
 struct Reading {
     /// Messages known to follow, one after another, the last one taken.
     ahead: VecDeque<StreamMessage>,
+    /// Whether every message stored after those known (in `ahead`, or purged) is sure to be
+    /// announced by a wake-up: a read found nothing more while the task's subscription was
+    /// on. A task then waits for wake-ups instead of reading again each time a receiver comes.
+    /// Forgotten when a wake-up shows a gap, after a reconnect, and after two seconds without
+    /// a wake-up while receivers wait.
+    caught_up: bool,
+    /// Whether wake-ups reach this reading (it belongs to a task whose subscription is on).
+    subscribed: bool,
     /// A purge that never answered (it may still be applied, late): the sequence number it
     /// purged through, and how many messages of its batch no later take has delivered yet.
     /// Takes read from the subject's front until one of their purges, answered, reaches past
@@ -155,16 +223,45 @@ struct Reading {
 }
 
 impl Reading {
+    /// A reading of a watching task: with `subscribed`, wake-ups reach it.
+    fn watched(subscribed: bool) -> Reading {
+        Reading {
+            subscribed,
+            ..Reading::default()
+        }
+    }
+
+    /// Forgets what is known ahead, and that wake-ups announce everything after it.
+    fn forget_ahead(&mut self) {
+        self.ahead.clear();
+        self.caught_up = false;
+    }
+
+    /// Whether a take can find anything without a wake-up first.
+    fn worth_a_take(&self) -> bool {
+        !self.ahead.is_empty() || self.doubt.is_some() || !self.caught_up
+    }
+
+    /// Whether this reading holds nothing that a fresh one would not.
+    fn idle(&self) -> bool {
+        self.ahead.is_empty() && self.doubt.is_none()
+    }
+
     /// Adds the message a wake-up copies to `ahead` (the messages known to follow, one after
     /// another, those taken) when it is the next one: the message stored on its subject just
     /// before it is the last one in `ahead`, or, with `ahead` empty, the last one purged or
     /// none at all. A take then needs no read: its purge is the one round trip. A wake-up that
     /// does not fit (one lost, or one for a message read already) is left out; reads from the
     /// server fill the gap.
-    fn chain(&mut self, wake: &async_nats::Message, subject: &str, stream: &str) {
+    /// Whether the copy was kept.
+    fn chain(&mut self, wake: &async_nats::Message, subject: &str, stream: &str) -> bool {
         let Some((sequence, before)) = announced(wake, subject, stream) else {
-            return;
+            return false;
         };
+        let known = self
+            .ahead
+            .back()
+            .map_or(self.purged_through, |m| m.sequence);
         let fits = match self.ahead.back() {
             Some(last) => before == last.sequence,
             None => {
@@ -172,7 +269,12 @@ impl Reading {
             }
         };
         if !fits || self.ahead.len() >= MAX_AHEAD {
-            return;
+            if sequence > known {
+                // A message after those known that does not follow them: one in between went
+                // unannounced (or this one is left out), so reads must fill the gap.
+                self.caught_up = false;
+            }
+            return false;
         }
         let headers = wake.headers.clone().unwrap_or_default();
         let time = headers
@@ -192,6 +294,7 @@ impl Reading {
             payload: wake.payload.clone(),
             time,
         });
+        true
     }
 }
 
@@ -206,66 +309,108 @@ struct Taken {
 }
 
 impl Inner {
+    /// What watches `channel` here: its key among the watches, and what it takes for. A
+    /// process-specific channel this layer made is watched with the others of its `new_channel`
+    /// prefix; any other channel alone.
+    fn watched(&self, channel: &str) -> (String, Watched) {
+        let process = crate::name::non_local_name(channel);
+        let own = process.strip_suffix('!').is_some_and(|p| {
+            p.strip_suffix(self.client_prefix.as_str())
+                .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+        });
+        if crate::name::is_process_specific(channel) && own {
+            let capacity = self.config.layer.capacity_for(channel);
+            // `*` is in no name, so this key is no channel's.
+            (
+                format!("{process}*{capacity}"),
+                Watched::Process {
+                    process: process.to_owned(),
+                    capacity,
+                },
+            )
+        } else {
+            (channel.to_owned(), Watched::Channel(channel.to_owned()))
+        }
+    }
+
     /// Starts waiting on `channel`: a place on its watch, whose task is started if there is
     /// none.
     fn join(self: &Arc<Self>, channel: &str) -> Result<Waiting, BackendError> {
+        let (key, watched) = self.watched(channel);
         let mut watches = self.watches.lock();
-        if let Some(watch) = watches.get(channel) {
-            watch.waiters.fetch_add(1, Ordering::AcqRel);
-            watch.poke.notify_one();
+        if let Some(watch) = watches.get(&key) {
+            watch.count_in(channel);
             return Ok(Waiting {
                 watch: watch.clone(),
+                channel: channel.to_owned(),
                 counted: true,
             });
         }
         let handle = rt::handle()?;
         let watch = Arc::new(Watch::default());
-        watch.waiters.store(1, Ordering::Release);
-        watches.insert(channel.to_owned(), watch.clone());
-        handle.spawn(self.clone().watch(channel.to_owned(), watch.clone()));
+        watch.count_in(channel);
+        watches.insert(key.clone(), watch.clone());
+        handle.spawn(self.clone().watch(key, watched, watch.clone()));
         Ok(Waiting {
             watch,
+            channel: channel.to_owned(),
             counted: true,
         })
     }
 
     /// Forgets `watch` if nobody waits on it (under the lock `join` takes, so no receiver
     /// can join a watch whose task has ended): whether it was forgotten.
-    fn forget_if_idle(&self, channel: &str, watch: &Arc<Watch>) -> bool {
+    fn forget_if_idle(&self, key: &str, watch: &Arc<Watch>) -> bool {
         let mut watches = self.watches.lock();
         if watch.waiters.load(Ordering::Acquire) > 0 {
             return false;
         }
-        if watches.get(channel).is_some_and(|w| Arc::ptr_eq(w, watch)) {
-            watches.remove(channel);
+        if watches.get(key).is_some_and(|w| Arc::ptr_eq(w, watch)) {
+            watches.remove(key);
         }
         true
     }
 
-    /// The task taking for the receivers of `channel`.
-    async fn watch(self: Arc<Self>, channel: String, watch: Arc<Watch>) {
-        let capacity = self.config.layer.capacity_for(&channel);
-        let wake_subject = subjects::wake_subject(&self.config.prefix, capacity, &channel);
-        let subject = subjects::channel_subject(&self.config.prefix, capacity, &channel);
-        let stream_name = self.place(&channel).0.cached_info().config.name.clone();
-        let stream_name = stream_name.as_str();
-        let mut wake = self.client.subscribe(wake_subject).await.ok();
-        let mut reading = Reading::default();
+    /// The task taking for the receivers of what `watched` names.
+    async fn watch(self: Arc<Self>, key: String, watched: Watched, watch: Arc<Watch>) {
+        let prefix = self.config.prefix.as_str();
+        let (capacity, wake_filter) = match &watched {
+            Watched::Channel(channel) => {
+                let capacity = self.config.layer.capacity_for(channel);
+                (capacity, subjects::wake_subject(prefix, capacity, channel))
+            }
+            Watched::Process { process, capacity } => (
+                *capacity,
+                subjects::process_wake_subjects(prefix, *capacity, process),
+            ),
+        };
+        let stream_name = self.stream_of(capacity).cached_info().config.name.clone();
+        let wakes = Wakes {
+            head: subjects::wake_subject_head(prefix, capacity),
+            stream: stream_name,
+            capacity,
+            watched: watched.clone(),
+        };
+        let mut wake = self.client.subscribe(wake_filter).await.ok();
+        let subscribed = wake.is_some();
+        let mut readings: HashMap<String, Reading> = HashMap::new();
+        // When a receiver last waited on each channel, for the last [`RECENT`].
+        let mut recent: HashMap<String, Instant> = HashMap::new();
         let mut reconnects = self.counters.reconnects.load(Ordering::Acquire);
         let mut pause = RETRY_MIN;
         let mut idle_since = None;
         loop {
             if self.is_closed() {
-                self.forget_if_idle(&channel, &watch);
-                self.settle(&mut reading);
+                self.forget_if_idle(&key, &watch);
+                self.settle_all(&mut readings);
                 return;
             }
             let waiting = watch.waiters.load(Ordering::Acquire);
             let linger = if waiting == 0 {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 let left = LINGER.saturating_sub(since.elapsed());
-                if left.is_zero() && self.forget_if_idle(&channel, &watch) {
-                    self.settle(&mut reading);
+                if left.is_zero() && self.forget_if_idle(&key, &watch) {
+                    self.settle_all(&mut readings);
                     return;
                 }
                 left.max(Duration::from_millis(1))
@@ -280,39 +425,65 @@ impl Inner {
             let now_reconnects = self.counters.reconnects.load(Ordering::Acquire);
             if now_reconnects != reconnects {
                 reconnects = now_reconnects;
-                reading.ahead.clear();
+                readings.values_mut().for_each(Reading::forget_ahead);
             }
-            // What has rung so far is answered by this take; the copies that follow what it
-            // knows spare it reading them.
+            // What has rung so far is answered by this round of takes; the copies that follow
+            // what it knows spare it reading them.
+            let mut known: usize = readings.values().map(|r| r.ahead.len()).sum();
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(rung)) = subscription.next().now_or_never() {
-                    reading.chain(&rung, &subject, stream_name);
+                    self.route(&rung, &wakes, &mut readings, &mut known, subscribed);
                 }
             }
-            let want = self.wanted(&channel, waiting);
-            let wait = if want == 0 {
+            let round = if waiting == 0 {
+                Vec::new()
+            } else {
+                self.round(&watched, &watch, &mut readings, &mut recent, subscribed)
+            };
+            let wait = if round.is_empty() {
                 linger
             } else {
                 watch.taking.store(true, Ordering::Release);
-                let taken = self.take(&channel, want, &mut reading).await;
+                let this = &*self;
+                let taken = futures_util::future::join_all(round.into_iter().map(
+                    |(channel, want, mut reading)| async move {
+                        let taken = this.take(&channel, want, &mut reading).await;
+                        (channel, reading, taken)
+                    },
+                ))
+                .await;
                 watch.taking.store(false, Ordering::Release);
-                if taken.as_ref().is_ok_and(|t| t.delivered > 0) {
+                let (mut delivered, mut again, mut failed) = (false, false, None);
+                for (channel, reading, taken) in taken {
+                    readings.insert(channel, reading);
+                    match taken {
+                        Ok(t) => {
+                            delivered |= t.delivered > 0;
+                            again |= t.delivered > 0 || t.more;
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                if delivered {
                     watch.delivered.notify_waiters();
                 }
-                match taken {
-                    Ok(t) if t.delivered > 0 || t.more => {
-                        pause = RETRY_MIN;
-                        continue;
-                    }
-                    Ok(_) => {
-                        pause = RETRY_MIN;
-                        LOOK_AGAIN
-                    }
-                    Err(e) => {
-                        self.backend_error(e);
-                        pause = (pause * 2).min(RETRY_MAX);
-                        pause
-                    }
+                if matches!(watched, Watched::Process { .. }) {
+                    // A process goes through reply channels: what is known of one that nobody
+                    // waits on and that holds nothing known is dropped (a fresh reading reads).
+                    let waited: HashSet<String> =
+                        watch.waited().into_iter().map(|(c, _)| c).collect();
+                    readings.retain(|channel, r| !r.idle() || waited.contains(channel));
+                }
+                if let Some(e) = failed {
+                    self.backend_error(e);
+                    pause = (pause * 2).min(RETRY_MAX);
+                    pause
+                } else if again {
+                    pause = RETRY_MIN;
+                    continue;
+                } else {
+                    pause = RETRY_MIN;
+                    LOOK_AGAIN
                 }
             };
             let rung = async {
@@ -327,31 +498,152 @@ impl Inner {
             let rung = tokio::select! {
                 () = watch.poke.notified() => None,
                 () = changed => None,
-                wake = rung => Some(wake),
-                () = tokio::time::sleep(wait) => None,
+                wake = rung => Some(Some(wake)),
+                () = tokio::time::sleep(wait) => Some(None),
             };
-            if let Some(rung) = rung {
-                reading.chain(&rung, &subject, stream_name);
+            match rung {
+                Some(Some(rung)) => {
+                    let mut known = readings.values().map(|r| r.ahead.len()).sum();
+                    self.route(&rung, &wakes, &mut readings, &mut known, subscribed);
+                }
+                // No wake-up for a while with receivers waiting: one may have been missed, so
+                // the next takes read.
+                Some(None) if wait == LOOK_AGAIN => {
+                    readings.values_mut().for_each(|r| r.caught_up = false);
+                }
+                _ => {}
             }
         }
     }
 
-    /// How many messages a take for `channel` should fetch with `waiting` receivers here: one
-    /// for each that the local buffer cannot serve, and, while any waits, the prefetch topped
-    /// up once the local buffer holds less than half of it; as far as the buffer has room.
+    /// Keeps the copy a wake-up brings in the reading of its channel, if it is one of those
+    /// this task watches, within [`MAX_KNOWN`] copies in all.
+    fn route(
+        &self,
+        rung: &async_nats::Message,
+        wakes: &Wakes,
+        readings: &mut HashMap<String, Reading>,
+        known: &mut usize,
+        subscribed: bool,
+    ) {
+        let Some(channel) = rung
+            .subject
+            .as_str()
+            .strip_prefix(wakes.head.as_str())
+            .and_then(subjects::channel_of_tail)
+        else {
+            return;
+        };
+        let ours = match &wakes.watched {
+            Watched::Channel(watched) => *watched == channel,
+            Watched::Process { process, capacity } => {
+                crate::name::non_local_name(&channel) == process
+                    && self.config.layer.capacity_for(&channel) == *capacity
+            }
+        };
+        if !ours {
+            return;
+        }
+        let subject = subjects::channel_subject(&self.config.prefix, wakes.capacity, &channel);
+        if *known >= MAX_KNOWN {
+            // Left out: reads fill the gap when a receiver asks.
+            if let Some(reading) = readings.get_mut(&channel) {
+                reading.caught_up = false;
+            }
+            return;
+        }
+        let reading = readings
+            .entry(channel)
+            .or_insert_with(|| Reading::watched(subscribed));
+        if reading.chain(rung, &subject, &wakes.stream) {
+            *known += 1;
+        }
+    }
+
+    /// The takes of one round: for each channel a receiver waits on, as many messages as
+    /// [`Inner::wanted`] says, unless nothing can be there (its reading is caught up and knows
+    /// nothing ahead); and for a process's other channels that a receiver waited on within
+    /// [`RECENT`] (one receiver going round them, say), the messages known ahead. A channel
+    /// nobody receives keeps its messages on the server, where its capacity holds its
+    /// senders back. At most [`MAX_TAKES`] takes, those for waiting receivers first, each
+    /// with its channel's reading (taken out of `readings` until the take is done).
+    fn round(
+        &self,
+        watched: &Watched,
+        watch: &Watch,
+        readings: &mut HashMap<String, Reading>,
+        recent: &mut HashMap<String, Instant>,
+        subscribed: bool,
+    ) -> Vec<(String, usize, Reading)> {
+        let mut round = Vec::new();
+        let now = Instant::now();
+        let waited = watch.waited();
+        if matches!(watched, Watched::Process { .. }) {
+            recent.retain(|_, at| now.duration_since(*at) < RECENT);
+            for (channel, _) in &waited {
+                recent.insert(channel.clone(), now);
+            }
+        }
+        for (channel, waiting) in waited {
+            if round.len() >= MAX_TAKES {
+                return round;
+            }
+            let reading = readings
+                .entry(channel.clone())
+                .or_insert_with(|| Reading::watched(subscribed));
+            if !reading.worth_a_take() {
+                continue;
+            }
+            let want = self.wanted(&channel, waiting, reading.ahead.len());
+            if want > 0 {
+                let reading = readings.remove(&channel).unwrap_or_default();
+                round.push((channel, want, reading));
+            }
+        }
+        if matches!(watched, Watched::Process { .. }) {
+            let known: Vec<String> = readings
+                .iter()
+                .filter(|(c, r)| !r.ahead.is_empty() && recent.contains_key(*c))
+                .map(|(c, _)| c.clone())
+                .collect();
+            for channel in known {
+                if round.len() >= MAX_TAKES {
+                    break;
+                }
+                let ahead = readings.get(&channel).map_or(0, |r| r.ahead.len());
+                let want = self.wanted(&channel, 0, ahead);
+                if want > 0 {
+                    let reading = readings.remove(&channel).unwrap_or_default();
+                    round.push((channel, want, reading));
+                }
+            }
+        }
+        round
+    }
+
+    /// How many messages a take for `channel` should fetch with `waiting` receivers here and
+    /// `known` messages known ahead: one for each receiver that the local buffer cannot serve,
+    /// and, while any waits, the prefetch topped up once the local buffer holds less than half
+    /// of it; as far as the buffer has room.
     ///
     /// A process-specific channel is received only by the process that made it, so messages
     /// taken ahead for it wait for nobody else: it is taken in batches of up to
-    /// [`PROCESS_BATCH`] whatever the prefetch.
-    fn wanted(&self, channel: &str, waiting: usize) -> usize {
+    /// [`PROCESS_BATCH`] whatever the prefetch, and, while its process's receivers wait on
+    /// others of its channels, what is known ahead of it is taken too.
+    fn wanted(&self, channel: &str, waiting: usize, known: usize) -> usize {
         let queued = self.local.queued_len(channel);
-        let prefetch = if crate::name::is_process_specific(channel) {
+        let process = crate::name::is_process_specific(channel);
+        let prefetch = if process {
             self.config.receive_prefetch.max(PROCESS_BATCH)
         } else {
             self.config.receive_prefetch
         };
-        let top_up = if waiting > 0 && queued.saturating_mul(2) < prefetch {
+        let top_up = if queued.saturating_mul(2) >= prefetch {
+            0
+        } else if waiting > 0 {
             prefetch - queued
+        } else if process {
+            known.min(prefetch - queued)
         } else {
             0
         };
@@ -380,6 +672,11 @@ impl Inner {
         if let Some((_, count)) = reading.doubt.take() {
             Counters::add(&self.counters.lost, count);
         }
+    }
+
+    /// [`Inner::settle`] for each of a task's readings.
+    fn settle_all(&self, readings: &mut HashMap<String, Reading>) {
+        readings.values_mut().for_each(|r| self.settle(r));
     }
 
     /// Runs `work` (a take from `channel`) in the channel's turn.
@@ -416,7 +713,7 @@ impl Inner {
             // Read from the subject's front, to settle the doubt, one message at a time: a
             // server that lost one answer may lose the next (a leader being elected), and a
             // purge applied without an answer loses its whole batch.
-            reading.ahead.clear();
+            reading.forget_ahead();
             want = 1;
         }
         let ahead = &mut reading.ahead;
@@ -447,12 +744,15 @@ impl Inner {
             want.min(SINGLE_READS)
         };
         let mut answered = false;
+        // Whether a read found fewer messages than it asked for: none follow them yet.
+        let mut exhausted = false;
         while !known && batch.len() < reads {
             let from = batch.last().map_or(0, |m: &StreamMessage| m.sequence + 1);
             let count = batch.len();
+            let asked = if batched { want - count } else { 1 };
             let read = async {
                 if batched {
-                    self.read_many(stream, &subject, from, want - count).await
+                    self.read_many(stream, &subject, from, asked).await
                 } else {
                     Ok(self
                         .read_from(stream, &subject, from)
@@ -463,7 +763,9 @@ impl Inner {
             };
             match tokio::time::timeout_at(reading_by, read).await {
                 Ok(found) => {
-                    batch.extend(found?);
+                    let found = found?;
+                    exhausted = found.len() < asked;
+                    batch.extend(found);
                     answered = true;
                 }
                 Err(_) => break,
@@ -472,30 +774,34 @@ impl Inner {
                 break;
             }
         }
-        let ahead = &mut reading.ahead;
+        // With the task's subscription on, what is stored after a read that found everything
+        // is announced by wake-ups: no need to read again before one comes.
+        let caught_up = exhausted && reading.subscribed;
         let Some(last) = batch.last().map(|m| m.sequence) else {
             if answered {
                 // Read from the front and found empty: the purge in doubt (if any) removed
                 // what no take delivered.
                 self.settle(reading);
+                reading.caught_up |= caught_up;
             }
             return Ok(Taken::default());
         };
-        let read_next = !known && ahead.is_empty();
+        let read_next = !known && !caught_up && reading.ahead.is_empty();
+        let subscribed = reading.subscribed;
         let read_ahead = async {
             if !read_next {
-                Vec::new()
+                None
             } else if batched {
-                self.read_many(stream, &subject, last + 1, want)
+                let next = self
+                    .read_many(stream, &subject, last + 1, want)
                     .await
-                    .unwrap_or_default()
+                    .ok()?;
+                let all = next.len() < want;
+                Some((next, all))
             } else {
-                self.read_from(stream, &subject, last + 1)
-                    .await
-                    .ok()
-                    .flatten()
-                    .into_iter()
-                    .collect()
+                let next = self.read_from(stream, &subject, last + 1).await.ok()?;
+                let all = next.is_none();
+                Some((next.into_iter().collect(), all))
             }
         };
         let (removed, next) = tokio::join!(
@@ -503,10 +809,19 @@ impl Inner {
             async {
                 tokio::time::timeout_at(deadline, read_ahead)
                     .await
-                    .unwrap_or_default()
+                    .ok()
+                    .flatten()
             }
         );
-        ahead.extend(next);
+        if caught_up {
+            reading.caught_up = true;
+        }
+        if let Some((next, all)) = next {
+            reading.ahead.extend(next);
+            if all && subscribed {
+                reading.caught_up = true;
+            }
+        }
         let (removed, unsure) = match removed {
             Ok(answer) => answer,
             Err(e) => {
@@ -531,7 +846,7 @@ impl Inner {
             // unknown: all are counted lost, none delivered, and what was read ahead is
             // forgotten.
             Counters::add(&self.counters.lost, removed);
-            ahead.clear();
+            reading.forget_ahead();
             return Ok(Taken {
                 delivered: 0,
                 more: true,
