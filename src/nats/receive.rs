@@ -83,6 +83,8 @@ struct Wakes {
     stream: String,
     capacity: usize,
     watched: Watched,
+    /// Whether the task's subscription is on.
+    subscribed: bool,
 }
 
 /// Channels receivers here wait on: one, or a process's (see [`Watched`]).
@@ -390,9 +392,14 @@ impl Inner {
             stream: stream_name,
             capacity,
             watched: watched.clone(),
+            subscribed: false,
         };
         let mut wake = self.client.subscribe(wake_filter).await.ok();
         let subscribed = wake.is_some();
+        let wakes = Wakes {
+            subscribed,
+            ..wakes
+        };
         let mut readings: HashMap<String, Reading> = HashMap::new();
         // When a receiver last waited on each channel, for the last [`RECENT`].
         let mut recent: HashMap<String, Instant> = HashMap::new();
@@ -432,7 +439,7 @@ impl Inner {
             let mut known: usize = readings.values().map(|r| r.ahead.len()).sum();
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(rung)) = subscription.next().now_or_never() {
-                    self.route(&rung, &wakes, &mut readings, &mut known, subscribed);
+                    self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
                 }
             }
             let round = if waiting == 0 {
@@ -455,7 +462,6 @@ impl Inner {
                 watch.taking.store(false, Ordering::Release);
                 let (mut delivered, mut again, mut failed) = (false, false, None);
                 for (channel, reading, taken) in taken {
-                    readings.insert(channel, reading);
                     match taken {
                         Ok(t) => {
                             delivered |= t.delivered > 0;
@@ -463,17 +469,12 @@ impl Inner {
                         }
                         Err(e) => failed = Some(e),
                     }
+                    readings.insert(channel, reading);
                 }
                 if delivered {
                     watch.delivered.notify_waiters();
                 }
-                if matches!(watched, Watched::Process { .. }) {
-                    // A process goes through reply channels: what is known of one that nobody
-                    // waits on and that holds nothing known is dropped (a fresh reading reads).
-                    let waited: HashSet<String> =
-                        watch.waited().into_iter().map(|(c, _)| c).collect();
-                    readings.retain(|channel, r| !r.idle() || waited.contains(channel));
-                }
+                self.forget_unwatched(&watched, &watch, &mut readings, &recent, false);
                 if let Some(e) = failed {
                     self.backend_error(e);
                     pause = (pause * 2).min(RETRY_MAX);
@@ -504,7 +505,7 @@ impl Inner {
             match rung {
                 Some(Some(rung)) => {
                     let mut known = readings.values().map(|r| r.ahead.len()).sum();
-                    self.route(&rung, &wakes, &mut readings, &mut known, subscribed);
+                    self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
                 }
                 // No wake-up for a while with receivers waiting: one may have been missed, so
                 // the next takes read.
@@ -516,15 +517,48 @@ impl Inner {
         }
     }
 
+    /// Drops what a process's task knows of channels that no receiver waits on: of all of
+    /// them not waited on within [`RECENT`] when `crowded` (the task holds [`MAX_KNOWN`]
+    /// copies, so the messages of channels nobody receives any more give way), otherwise of
+    /// those that hold nothing (a process goes through reply channels). What is dropped stays
+    /// on the server, where a fresh reading finds it; a purge in doubt among them is settled
+    /// as lost.
+    fn forget_unwatched(
+        &self,
+        watched: &Watched,
+        watch: &Watch,
+        readings: &mut HashMap<String, Reading>,
+        recent: &HashMap<String, Instant>,
+        crowded: bool,
+    ) {
+        if !matches!(watched, Watched::Process { .. }) {
+            return;
+        }
+        let waited: HashSet<String> = watch.waited().into_iter().map(|(c, _)| c).collect();
+        readings.retain(|channel, reading| {
+            let keep = waited.contains(channel)
+                || if crowded {
+                    recent.contains_key(channel)
+                } else {
+                    !reading.idle()
+                };
+            if !keep {
+                self.settle(reading);
+            }
+            keep
+        });
+    }
+
     /// Keeps the copy a wake-up brings in the reading of its channel, if it is one of those
     /// this task watches, within [`MAX_KNOWN`] copies in all.
     fn route(
         &self,
         rung: &async_nats::Message,
         wakes: &Wakes,
+        watch: &Watch,
+        recent: &HashMap<String, Instant>,
         readings: &mut HashMap<String, Reading>,
         known: &mut usize,
-        subscribed: bool,
     ) {
         let Some(channel) = rung
             .subject
@@ -546,6 +580,10 @@ impl Inner {
         }
         let subject = subjects::channel_subject(&self.config.prefix, wakes.capacity, &channel);
         if *known >= MAX_KNOWN {
+            self.forget_unwatched(&wakes.watched, watch, readings, recent, true);
+            *known = readings.values().map(|r| r.ahead.len()).sum();
+        }
+        if *known >= MAX_KNOWN {
             // Left out: reads fill the gap when a receiver asks.
             if let Some(reading) = readings.get_mut(&channel) {
                 reading.caught_up = false;
@@ -554,7 +592,7 @@ impl Inner {
         }
         let reading = readings
             .entry(channel)
-            .or_insert_with(|| Reading::watched(subscribed));
+            .or_insert_with(|| Reading::watched(wakes.subscribed));
         if reading.chain(rung, &subject, &wakes.stream) {
             *known += 1;
         }
