@@ -494,3 +494,70 @@ fn a_receiver_back_on_its_channel_waits_for_a_wake_up_without_reading() {
         requests as f64 / MESSAGES as f64
     );
 }
+
+#[test]
+fn a_receiver_behind_a_backlog_catches_up_with_the_wake_ups() {
+    // 200 messages wait before anyone receives; then a prefetching receiver drains while a
+    // producer keeps 256 sends in flight. Once the receiver has read its way through what was
+    // stored before it watched, the wake-ups' copies stand for reads: it does not read every
+    // message that follows (on servers before 2.11, one read a message).
+    const BACKLOG: i64 = 200;
+    const MORE: i64 = 3000;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let config = LayerConfig::builder().capacity(100_000).build().unwrap();
+    let mut nats = NatsConfig::from_url(&server.url()).unwrap();
+    nats.prefix = fresh_prefix("e");
+    nats.layer = config;
+    nats.receive_prefetch = 256;
+    let layer = NatsLayer::new(nats).unwrap();
+    for n in 0..BACKLOG {
+        layer.send("busy", Message::new("m").with("n", n)).unwrap();
+    }
+    let before = api_requests(&server);
+    let receiver = {
+        let layer = layer.clone();
+        std::thread::spawn(move || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..BACKLOG + MORE {
+                let got = layer
+                    .receive_timeout("busy", Duration::from_secs(20))
+                    .unwrap();
+                seen.insert(got.get("n").and_then(|v| v.as_i64()).unwrap());
+            }
+            assert_eq!(seen.len() as i64, BACKLOG + MORE, "duplicates");
+        })
+    };
+    tokio().block_on(async {
+        use futures::StreamExt as _;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut n = BACKLOG;
+        while n < BACKLOG + MORE || !in_flight.is_empty() {
+            while n < BACKLOG + MORE && in_flight.len() < 256 {
+                let layer = layer.clone();
+                in_flight.push(async move {
+                    layer
+                        .send_async("busy", Message::new("m").with("n", n))
+                        .await
+                });
+                n += 1;
+            }
+            if let Some(sent) = in_flight.next().await {
+                sent.unwrap();
+            }
+        }
+    });
+    receiver.join().unwrap();
+    // Each publish is no API request; reads and purges are.
+    let requests = api_requests(&server) - before;
+    eprintln!(
+        "{} messages received with {requests} API requests",
+        BACKLOG + MORE
+    );
+    assert!(
+        requests < (BACKLOG + MORE) as u64 / 8,
+        "{} messages took {requests} JetStream API requests to receive",
+        BACKLOG + MORE
+    );
+}

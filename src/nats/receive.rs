@@ -25,7 +25,7 @@
 //! subscription end when the last receiver leaves, however it leaves (a message, a timeout, or
 //! its future dropped), so a storm of cancelled receives leaves nothing behind.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -222,6 +222,11 @@ struct Reading {
     /// The sequence number the last answered purge went through (0 before any): where
     /// `ahead` starts when it is empty.
     purged_through: u64,
+    /// Copies that came before what they follow was known (a take reading its way through a
+    /// backlog that was stored before the task subscribed, one message a read before 2.11),
+    /// by the sequence number of the message stored before each: once what is known reaches
+    /// one, it joins `ahead`, so the reads end where the wake-ups begin.
+    aside: BTreeMap<u64, StreamMessage>,
 }
 
 impl Reading {
@@ -236,7 +241,39 @@ impl Reading {
     /// Forgets what is known ahead, and that wake-ups announce everything after it.
     fn forget_ahead(&mut self) {
         self.ahead.clear();
+        self.aside.clear();
         self.caught_up = false;
+    }
+
+    /// How many copies this reading holds.
+    fn held(&self) -> usize {
+        self.ahead.len() + self.aside.len()
+    }
+
+    /// The sequence number of the last message known: the last one ahead, or the last purged.
+    fn known_through(&self) -> u64 {
+        self.ahead
+            .back()
+            .map_or(self.purged_through, |m| m.sequence)
+    }
+
+    /// Moves to `ahead` the copies set aside that now follow what is known, and drops those
+    /// that follow a message older than it (known already).
+    fn join_aside(&mut self) {
+        loop {
+            let through = self.known_through();
+            while self
+                .aside
+                .first_key_value()
+                .is_some_and(|(before, _)| *before < through)
+            {
+                self.aside.pop_first();
+            }
+            match self.aside.remove(&through) {
+                Some(next) if self.ahead.len() < MAX_AHEAD => self.ahead.push_back(next),
+                _ => return,
+            }
+        }
     }
 
     /// Whether a take can find anything without a wake-up first.
@@ -246,7 +283,7 @@ impl Reading {
 
     /// Whether this reading holds nothing that a fresh one would not.
     fn idle(&self) -> bool {
-        self.ahead.is_empty() && self.doubt.is_none()
+        self.ahead.is_empty() && self.aside.is_empty() && self.doubt.is_none()
     }
 
     /// Adds the message a wake-up copies to `ahead` (the messages known to follow, one after
@@ -260,10 +297,7 @@ impl Reading {
         let Some((sequence, before)) = announced(wake, subject, stream) else {
             return false;
         };
-        let known = self
-            .ahead
-            .back()
-            .map_or(self.purged_through, |m| m.sequence);
+        let known = self.known_through();
         let fits = match self.ahead.back() {
             Some(last) => before == last.sequence,
             None => {
@@ -273,30 +307,38 @@ impl Reading {
         if !fits || self.ahead.len() >= MAX_AHEAD {
             if sequence > known {
                 // A message after those known that does not follow them: one in between went
-                // unannounced (or this one is left out), so reads must fill the gap.
+                // unannounced (or this one is left out), so reads must fill the gap. The copy
+                // waits aside until they have.
                 self.caught_up = false;
+                if before > known && self.aside.len() < MAX_KNOWN {
+                    self.aside.insert(before, copy_of(wake, subject, sequence));
+                    return true;
+                }
             }
             return false;
         }
-        let headers = wake.headers.clone().unwrap_or_default();
-        let time = headers
-            .get(async_nats::header::NATS_TIME_STAMP)
-            .and_then(|t| {
-                time::OffsetDateTime::parse(
-                    t.as_str(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()
-            })
-            .unwrap_or_else(time::OffsetDateTime::now_utc);
-        self.ahead.push_back(StreamMessage {
-            subject: subject.into(),
-            sequence,
-            headers,
-            payload: wake.payload.clone(),
-            time,
-        });
+        self.ahead.push_back(copy_of(wake, subject, sequence));
+        self.join_aside();
         true
+    }
+}
+
+/// The stored message a wake-up copies, as a read would give it.
+fn copy_of(wake: &async_nats::Message, subject: &str, sequence: u64) -> StreamMessage {
+    let headers = wake.headers.clone().unwrap_or_default();
+    let time = headers
+        .get(async_nats::header::NATS_TIME_STAMP)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t.as_str(), &time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    StreamMessage {
+        subject: subject.into(),
+        sequence,
+        headers,
+        payload: wake.payload.clone(),
+        time,
     }
 }
 
@@ -436,7 +478,7 @@ impl Inner {
             }
             // What has rung so far is answered by this round of takes; the copies that follow
             // what it knows spare it reading them.
-            let mut known: usize = readings.values().map(|r| r.ahead.len()).sum();
+            let mut known: usize = readings.values().map(Reading::held).sum();
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(rung)) = subscription.next().now_or_never() {
                     self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
@@ -504,7 +546,7 @@ impl Inner {
             };
             match rung {
                 Some(Some(rung)) => {
-                    let mut known = readings.values().map(|r| r.ahead.len()).sum();
+                    let mut known = readings.values().map(Reading::held).sum();
                     self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
                 }
                 // No wake-up for a while with receivers waiting: one may have been missed, so
@@ -581,7 +623,7 @@ impl Inner {
         let subject = subjects::channel_subject(&self.config.prefix, wakes.capacity, &channel);
         if *known >= MAX_KNOWN {
             self.forget_unwatched(&wakes.watched, watch, readings, recent, true);
-            *known = readings.values().map(|r| r.ahead.len()).sum();
+            *known = readings.values().map(Reading::held).sum();
         }
         if *known >= MAX_KNOWN {
             // Left out: reads fill the gap when a receiver asks.
@@ -860,6 +902,7 @@ impl Inner {
                 reading.caught_up = true;
             }
         }
+        reading.join_aside();
         let (removed, unsure) = match removed {
             Ok(answer) => answer,
             Err(e) => {
@@ -878,6 +921,7 @@ impl Inner {
             }
         };
         reading.purged_through = reading.purged_through.max(last);
+        reading.join_aside();
         if removed > batch.len() as u64 {
             // More removed than were read: the batch was not every message up to its last
             // (a wake-up that lied about what came before it). Which of them were these is
