@@ -338,8 +338,11 @@ pub(crate) async fn send_until_waits_for_room(cx: Ctx<'_>) {
             d.sleep(Duration::from_millis(100)).await;
             d.flush().await.expect("flush");
         });
+        // A deadline far past the flush, so a wake-up lost fails the case instead of hanging
+        // the suite.
+        let deadline = Instant::now() + Duration::from_secs(10);
         if let Err(e) = layer
-            .send_until("waiting", numbered("message", 5), None)
+            .send_until("waiting", numbered("message", 5), Some(deadline))
             .await
         {
             panic!("send_until did not get through after a flush: {e}");
@@ -356,7 +359,11 @@ pub(crate) async fn send_until_waits_for_room(cx: Ctx<'_>) {
     });
     let start = Instant::now();
     match layer
-        .send_until("waiting", numbered("message", 7), None)
+        .send_until(
+            "waiting",
+            numbered("message", 7),
+            Some(start + Duration::from_secs(10)),
+        )
         .await
     {
         Err(e) if e.is_closed() => {}
