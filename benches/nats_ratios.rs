@@ -23,6 +23,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, stream};
+use channel_layer::ChannelLayer as _;
 use channel_layer::nats::{NatsConfig, NatsLayer};
 use common::{Spread, percentile, rpc_by_hand};
 use futures::StreamExt as _;
@@ -310,6 +311,48 @@ fn measure() {
     println!(
         "             our p50 = {:.1} JetStream round trips (a request is a send and a receive each way)",
         p50.median / js50.median
+    );
+
+    // A batch of replies, each to its own channel: `send_many` against one send at a time.
+    let batches = if quick { 20 } else { 100 };
+    let batch_layer = layer(&server, "many");
+    let replies: Vec<String> = (0..256)
+        .map(|_| batch_layer.new_channel("reply").expect("name"))
+        .collect();
+    let many = Spread::of(
+        (0..reps)
+            .map(|_| {
+                let start = Instant::now();
+                for b in 0..batches {
+                    let batch = replies
+                        .iter()
+                        .map(|r| (r.clone(), common::message(b)))
+                        .collect();
+                    for sent in batch_layer.send_many(batch) {
+                        sent.expect("send_many");
+                    }
+                }
+                (batches * replies.len()) as f64 / start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let one_by_one = Spread::of(
+        (0..reps)
+            .map(|_| {
+                let start = Instant::now();
+                for b in 0..batches / 4 {
+                    for r in &replies {
+                        batch_layer.send(r, common::message(b)).expect("send");
+                    }
+                }
+                (batches / 4 * replies.len()) as f64 / start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    batch_layer.flush().expect("flush");
+    println!(
+        "send_many    256 replies to 256 channels a batch: {many} msg/s | one blocking send at a time {one_by_one} msg/s | raw JetStream publish, 256 in flight {js256}/s | ratio {:.2}",
+        many.median / js256.median
     );
 
     // The same with the layer's streams in memory (`storage=memory`): no erase on delete.

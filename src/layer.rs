@@ -483,6 +483,105 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug {
         let _ = limit;
         Box::pin(std::future::ready(Err(LayerError::Unsupported("inspect"))))
     }
+
+    /// Sends many messages, each to its channel, and says what became of each, in the order
+    /// given: a service answering a batch of requests, or handing out a batch of work, pays
+    /// for the batch rather than for each message. Messages to different channels are sent
+    /// together (on Redis the sends in flight share round trips; on NATS their publishes are
+    /// in flight together); those to one channel one after another, in the order given, so
+    /// the channel keeps their order. One message refused (a full channel, an invalid name)
+    /// does not stop the others, and comes back in its error.
+    ///
+    /// ```
+    /// use channel_layer::prelude::*;
+    ///
+    /// let layer = InMemoryLayer::new(LayerConfig::builder().capacity(1).build()?);
+    /// let sent = layer.send_many(vec![
+    ///     ("replies.a".into(), Message::new("answer").with("n", 1)),
+    ///     ("replies.b".into(), Message::new("answer").with("n", 2)),
+    ///     ("replies.a".into(), Message::new("answer").with("n", 3)),
+    /// ]);
+    /// assert!(sent[0].is_ok() && sent[1].is_ok());
+    /// // `replies.a` holds one message at most: the third comes back.
+    /// let refused = sent.into_iter().nth(2).unwrap().unwrap_err();
+    /// assert!(refused.is_full());
+    /// assert_eq!(refused.into_message().get("n").and_then(|v| v.as_i64()), Some(3));
+    /// # Ok::<(), channel_layer::Error>(())
+    /// ```
+    fn send_many(&self, messages: Vec<(String, Message)>) -> Vec<Result<(), SendError>> {
+        block_on(self.send_many_async(messages))
+    }
+
+    /// [`ChannelLayer::send_many`], async. The default sends each channel's messages one after
+    /// another with [`ChannelLayer::send_async`], the channels at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave any prefix of each channel's messages sent.
+    fn send_many_async(
+        &self,
+        messages: Vec<(String, Message)>,
+    ) -> BoxFuture<'_, Vec<Result<(), SendError>>> {
+        Box::pin(in_turns(messages, move |channel, message| {
+            Box::pin(async move { self.send_async(&channel, message).await })
+        }))
+    }
+
+    /// Sends each message to every member of its group (as [`ChannelLayer::group_send`]), the
+    /// groups together and one group's messages in the order given; what each did, in the
+    /// order given.
+    fn group_send_many(
+        &self,
+        messages: Vec<(String, Message)>,
+    ) -> Vec<Result<GroupSendReport, LayerError>> {
+        block_on(self.group_send_many_async(messages))
+    }
+
+    /// [`ChannelLayer::group_send_many`], async. The default sends each group's messages one
+    /// after another with [`ChannelLayer::group_send_async`], the groups at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`ChannelLayer::group_send_async`], for each message.
+    fn group_send_many_async(
+        &self,
+        messages: Vec<(String, Message)>,
+    ) -> BoxFuture<'_, Vec<Result<GroupSendReport, LayerError>>> {
+        Box::pin(in_turns(messages, move |group, message| {
+            Box::pin(async move { self.group_send_async(&group, message).await })
+        }))
+    }
+}
+
+/// Runs `send` on each `(name, message)` pair: the pairs of one name one after another, in the
+/// order given, the names at once. The outcomes come back in the order given.
+async fn in_turns<'a, T: 'a>(
+    messages: Vec<(String, Message)>,
+    send: impl Fn(String, Message) -> BoxFuture<'a, T> + 'a,
+) -> Vec<T> {
+    let mut turns: Vec<(String, Vec<(usize, Message)>)> = Vec::new();
+    let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, (name, message)) in messages.into_iter().enumerate() {
+        match by_name.get(&name) {
+            Some(&turn) => turns[turn].1.push((i, message)),
+            None => {
+                by_name.insert(name.clone(), turns.len());
+                turns.push((name, vec![(i, message)]));
+            }
+        }
+    }
+    let send = &send;
+    let done = futures_util::future::join_all(turns.into_iter().map(|(name, queue)| async move {
+        let mut outcomes = Vec::with_capacity(queue.len());
+        for (i, message) in queue {
+            outcomes.push((i, send(name.clone(), message).await));
+        }
+        outcomes
+    }))
+    .await;
+    let mut all: Vec<(usize, T)> = done.into_iter().flatten().collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 /// Conveniences on every [`ChannelLayer`]: receive with or without a timeout, typed messages.
@@ -761,6 +860,22 @@ macro_rules! delegate_channel_layer {
         fn inspect_async(&self, limit: usize)
             -> $crate::BoxFuture<'_, Result<$crate::inspect::Inspection, $crate::LayerError>> {
             self.$($target)+.inspect_async(limit)
+        }
+        fn send_many(&self, messages: Vec<(String, $crate::Message)>)
+            -> Vec<Result<(), $crate::SendError>> {
+            self.$($target)+.send_many(messages)
+        }
+        fn send_many_async(&self, messages: Vec<(String, $crate::Message)>)
+            -> $crate::BoxFuture<'_, Vec<Result<(), $crate::SendError>>> {
+            self.$($target)+.send_many_async(messages)
+        }
+        fn group_send_many(&self, messages: Vec<(String, $crate::Message)>)
+            -> Vec<Result<$crate::GroupSendReport, $crate::LayerError>> {
+            self.$($target)+.group_send_many(messages)
+        }
+        fn group_send_many_async(&self, messages: Vec<(String, $crate::Message)>)
+            -> $crate::BoxFuture<'_, Vec<Result<$crate::GroupSendReport, $crate::LayerError>>> {
+            self.$($target)+.group_send_many_async(messages)
         }
     };
 }

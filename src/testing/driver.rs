@@ -286,6 +286,26 @@ impl Driver {
         }
     }
 
+    pub(crate) async fn send_many(
+        &self,
+        messages: Vec<(String, Message)>,
+    ) -> Vec<Result<(), SendError>> {
+        match self.mode {
+            Mode::Blocking => self.layer.send_many(messages),
+            Mode::Async => self.layer.send_many_async(messages).await,
+        }
+    }
+
+    pub(crate) async fn group_send_many(
+        &self,
+        messages: Vec<(String, Message)>,
+    ) -> Vec<Result<GroupSendReport, LayerError>> {
+        match self.mode {
+            Mode::Blocking => self.layer.group_send_many(messages),
+            Mode::Async => self.layer.group_send_many_async(messages).await,
+        }
+    }
+
     pub(crate) async fn flush(&self) -> Result<(), LayerError> {
         match self.mode {
             Mode::Blocking => self.layer.flush(),

@@ -62,6 +62,12 @@ macro_rules! __channel_layer_cases {
                  room or after a flush, fails with `Full` (the message handed back, counted) \
                  once its deadline passes and not before, and with `Closed` when the layer is \
                  closed meanwhile.";
+            send_many_reports_each_message =
+                "`send_many` with capacity 3 reports each message in the order given: those \
+                 that fit are stored, each channel's in the batch's order, an invalid name and \
+                 the messages past the capacity fail alone with their message handed back, and \
+                 the counters show both; `group_send_many` reports each group's send, an \
+                 invalid group alone failing.";
             unread_reply_channels_never_block_new_ones =
                 "150 reply channels of one layer each holding an unread message (late replies, \
                  more than the capacity of 100 together) never block a fresh reply channel: it \

@@ -110,6 +110,7 @@
 //! | `process_specific_channels_have_their_own_capacity` | each `prefix!local` has its own capacity; an unread sibling never starves a live one |
 //! | `message_limits_checked_at_send` | the same depth and size limits on every backend, typed errors, the message handed back |
 //! | `send_until_waits_for_room` | a waiting send gets through when room is made or after a flush, gives up at its deadline, ends on close |
+//! | `send_many_reports_each_message` | a batch send reports each message in order, keeps each channel's order, fails a message alone |
 //! | `unread_reply_channels_never_block_new_ones` | 150 reply channels with late replies never block a fresh one |
 //! | `group_larger_than_capacity_reaches_every_member` | a group of 300 (and 5,000) channels of one process gets every message at capacity 100 |
 //! | `process_specific_foreign_names` | hand-written `p!x` names work (needs `receive_any_process_channel`) |

@@ -376,3 +376,73 @@ pub(crate) async fn send_until_waits_for_room(cx: Ctx<'_>) {
     );
     closer.join().await;
 }
+
+pub(crate) async fn send_many_reports_each_message(cx: Ctx<'_>) {
+    let layer = cx.layer(config(LayerConfig::builder().capacity(3)));
+    assert!(layer.send_many(Vec::new()).await.is_empty());
+    let batch: Vec<(String, Message)> = [
+        ("many.a", 1),
+        ("many.b", 2),
+        ("many.a", 3),
+        ("bad name", 4),
+        ("many.a", 5),
+        ("many.b", 6),
+        ("many.a", 7),
+        ("many.a", 8),
+    ]
+    .into_iter()
+    .map(|(channel, n)| (channel.to_owned(), numbered("message", n)))
+    .collect();
+    let sent = layer.send_many(batch).await;
+    assert_eq!(sent.len(), 8, "one outcome per message: {sent:?}");
+    for (i, outcome) in sent.into_iter().enumerate() {
+        match (i, outcome) {
+            (0 | 1 | 2 | 4 | 5, Ok(())) => {}
+            (3, Err(SendError::InvalidName { message, .. })) => assert_eq!(number(&message), 4),
+            (6 | 7, Err(e)) if e.is_full() => {
+                // Past the capacity of 3: handed back, in the order given.
+                assert_eq!(number(&e.into_message()), if i == 6 { 7 } else { 8 });
+            }
+            (i, outcome) => panic!("message {i} of the batch: {outcome:?}"),
+        }
+    }
+    // Each channel got its messages in the order of the batch.
+    layer.expect_numbered("many.a", [1, 3, 5]).await;
+    layer.expect_numbered("many.b", [2, 6]).await;
+    layer.expect_empty("many.a").await;
+    let m = layer.metrics();
+    assert_eq!((m.sent, m.rejected_full), (5, 2), "{m:?}");
+
+    if !cx.has(&layer, Capability::Groups) {
+        return;
+    }
+    let members = [
+        layer.new_channel("one"),
+        layer.new_channel("two"),
+        layer.new_channel("three"),
+    ];
+    layer.group_add_ok("many-g1", &members[0]).await;
+    layer.group_add_ok("many-g1", &members[1]).await;
+    layer.group_add_ok("many-g2", &members[2]).await;
+    let reports = layer
+        .group_send_many(vec![
+            ("many-g1".into(), numbered("message", 10)),
+            ("many-g2".into(), numbered("message", 11)),
+            ("many-g1".into(), numbered("message", 12)),
+            ("bad group!".into(), numbered("message", 13)),
+        ])
+        .await;
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    let delivered: Vec<Option<usize>> = reports
+        .iter()
+        .map(|r| r.as_ref().ok().map(|r| r.delivered))
+        .collect();
+    assert_eq!(delivered, [Some(2), Some(1), Some(2), None], "{reports:?}");
+    assert!(
+        matches!(reports[3], Err(crate::LayerError::InvalidName(_))),
+        "{reports:?}"
+    );
+    layer.expect_numbered(&members[0], [10, 12]).await;
+    layer.expect_numbered(&members[1], [10, 12]).await;
+    layer.expect_numbered(&members[2], [11]).await;
+}

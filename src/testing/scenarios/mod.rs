@@ -20,7 +20,8 @@ pub(crate) use self::basic::{
 pub(crate) use self::capacity::{
     channel_capacity_rule, full_is_counted_in_metrics,
     group_larger_than_capacity_reaches_every_member,
-    process_specific_channels_have_their_own_capacity, send_capacity, send_until_waits_for_room,
+    process_specific_channels_have_their_own_capacity, send_capacity,
+    send_many_reports_each_message, send_until_waits_for_room,
     unread_reply_channels_never_block_new_ones,
 };
 pub(crate) use self::concurrency::{
