@@ -701,6 +701,58 @@ pub trait ChannelLayerExt: ChannelLayer {
     ) -> Result<T, crate::Error> {
         Ok(self.receive(channel)?.decode()?)
     }
+
+    /// The async form of [`ChannelLayerExt::send_typed`]: the value is encoded before the
+    /// future is returned, so it need not outlive the call.
+    ///
+    /// ```
+    /// use channel_layer::prelude::*;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    /// struct Ping {
+    ///     #[serde(rename = "type")]
+    ///     kind: String,
+    ///     n: u32,
+    /// }
+    ///
+    /// let layer = InMemoryLayer::default();
+    /// futures::executor::block_on(async {
+    ///     let ping = Ping { kind: "ping".into(), n: 1 };
+    ///     layer.send_typed_async("pings", &ping).await?;
+    ///     let got: Ping = layer.receive_typed_async("pings").await?;
+    ///     assert_eq!(got, ping);
+    ///     Ok::<(), channel_layer::Error>(())
+    /// })?;
+    /// # Ok::<(), channel_layer::Error>(())
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`ChannelLayer::send_async`].
+    fn send_typed_async<'a, T: serde::Serialize + ?Sized>(
+        &'a self,
+        channel: &'a str,
+        value: &T,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        match encode_for_send(value) {
+            Ok(message) => self.send_async(channel, message),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    /// The async form of [`ChannelLayerExt::receive_typed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe as [`ChannelLayerExt::receive_async`]; a message that is received but does
+    /// not decode is lost, as with the blocking form.
+    fn receive_typed_async<'a, T: serde::de::DeserializeOwned + 'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<T, crate::Error>> {
+        Box::pin(async move { Ok(self.receive_async(channel).await?.decode()?) })
+    }
 }
 
 impl<L: ChannelLayer + ?Sized> ChannelLayerExt for L {}
@@ -712,7 +764,6 @@ fn encode_for_send<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, S
     })
 }
 
-/// `now + timeout`, or `None` (no deadline) when that overflows `Instant`.
 /// Tries `attempt` until it is not refused as full, or `deadline` passes, pausing between
 /// tries with a capped, growing backoff (100 µs to 20 ms): the waiting send of backends that
 /// have no signal for room.

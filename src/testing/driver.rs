@@ -313,23 +313,19 @@ impl Driver {
         }
     }
 
-    /// Sends a typed value: `send_typed` in the blocking form, `Message::encode` and
-    /// `send_async` in the async one.
+    /// Sends a typed value: `send_typed` in the blocking form, `send_typed_async` in the
+    /// async one.
     pub(crate) async fn send_typed<T: serde::Serialize>(&self, channel: &str, value: &T) {
         let result = match self.mode {
             Mode::Blocking => self.layer.send_typed(channel, value),
-            Mode::Async => {
-                let message = Message::encode(value)
-                    .unwrap_or_else(|e| panic!("Message::encode failed: {e}"));
-                self.layer.send_async(channel, message).await
-            }
+            Mode::Async => self.layer.send_typed_async(channel, value).await,
         };
         result.unwrap_or_else(|e| panic!("sending a typed message to {channel:?} failed: {e}"));
     }
 
     /// Receives a typed value: `receive_typed` (on a helper thread, so that a lost message
-    /// fails the case instead of hanging it) in the blocking form, `receive_timeout_async` and
-    /// `Message::decode` in the async one.
+    /// fails the case instead of hanging it) in the blocking form, `receive_typed_async`
+    /// (raced against a timer, for the same reason) in the async one.
     pub(crate) async fn receive_typed<T>(&self, channel: &str) -> T
     where
         T: serde::de::DeserializeOwned + Send + 'static,
@@ -345,10 +341,18 @@ impl Driver {
                     .unwrap_or_else(|e| panic!("receive_typed on {channel:?} failed: {e}"))
             }
             Mode::Async => {
-                let message = self.expect(channel).await;
-                message.decode().unwrap_or_else(|e| {
-                    panic!("decoding the message received on {channel:?} failed: {e}")
-                })
+                let receiving = self.layer.receive_typed_async::<T>(channel);
+                let timer = std::pin::pin!(runtime::sleep(Duration::from_secs(30)));
+                match futures_util::future::select(receiving, timer).await {
+                    futures_util::future::Either::Left((received, _)) => {
+                        received.unwrap_or_else(|e| {
+                            panic!("receive_typed_async on {channel:?} failed: {e}")
+                        })
+                    }
+                    futures_util::future::Either::Right(_) => {
+                        panic!("receive_typed_async on {channel:?}: nothing within 30 s")
+                    }
+                }
             }
         }
     }
