@@ -227,6 +227,14 @@ struct Reading {
     /// by the sequence number of the message stored before each: once what is known reaches
     /// one, it joins `ahead`, so the reads end where the wake-ups begin.
     aside: BTreeMap<u64, StreamMessage>,
+    /// The sequence number and store time of the last message this reading delivered.
+    last_delivered: Option<(u64, time::OffsetDateTime)>,
+    /// [`Reading::last_delivered`] as it was at the last reconnect: a server killed before it
+    /// wrote down a purge it had answered brings the purged messages back when it restarts,
+    /// and a message at or before that point, stored no later than it, was delivered already.
+    /// (New messages that take over the sequence numbers of writes the server lost are
+    /// stored after the restart, so they are not mistaken for them.)
+    delivered_before_reconnect: Option<(u64, time::OffsetDateTime)>,
 }
 
 impl Reading {
@@ -243,6 +251,24 @@ impl Reading {
         self.ahead.clear();
         self.aside.clear();
         self.caught_up = false;
+    }
+
+    /// Forgets what was known before a reconnect, where the last purge went included: a
+    /// server that restarted having lost its last writes numbers new messages from where its
+    /// log ends, which may be before that purge, and their wake-ups must still fit.
+    fn reconnected(&mut self) {
+        self.forget_ahead();
+        self.purged_through = 0;
+        if self.last_delivered.is_some() {
+            self.delivered_before_reconnect = self.last_delivered;
+        }
+    }
+
+    /// Whether `found` is a message delivered before the last reconnect that the server
+    /// brought back (see [`Reading::delivered_before_reconnect`]).
+    fn delivered_already(&self, found: &StreamMessage) -> bool {
+        self.delivered_before_reconnect
+            .is_some_and(|(sequence, time)| found.sequence <= sequence && found.time <= time)
     }
 
     /// How many copies this reading holds.
@@ -448,6 +474,12 @@ impl Inner {
         let mut reconnects = self.counters.reconnects.load(Ordering::Acquire);
         let mut pause = RETRY_MIN;
         let mut idle_since = None;
+        // When a wake-up last came or a take last found something: receivers that wait
+        // [`LOOK_AGAIN`] past it make the next takes read, whatever else wakes the task
+        // meanwhile (receivers coming and going on short timeouts, say). A server restarting
+        // can answer a read with nothing before it has loaded its streams, and a wake-up
+        // missed must not leave a receiver waiting for ever.
+        let mut heard = Instant::now();
         loop {
             if self.is_closed() {
                 self.forget_if_idle(&key, &watch);
@@ -467,6 +499,12 @@ impl Inner {
                 idle_since = None;
                 LOOK_AGAIN
             };
+            if waiting == 0 {
+                heard = Instant::now();
+            } else if heard.elapsed() >= LOOK_AGAIN {
+                readings.values_mut().for_each(|r| r.caught_up = false);
+                heard = Instant::now();
+            }
             let changed = self.changed.notified();
             // After a reconnect (a server restarted, say), what was known ahead is forgotten: a
             // server that lost its last writes in a crash gives their sequence numbers to new
@@ -474,13 +512,19 @@ impl Inner {
             let now_reconnects = self.counters.reconnects.load(Ordering::Acquire);
             if now_reconnects != reconnects {
                 reconnects = now_reconnects;
-                readings.values_mut().for_each(Reading::forget_ahead);
+                // The wake-ups still queued came before the reconnect: they may copy messages
+                // the server has lost since, whose sequence numbers new messages now carry.
+                if let Some(subscription) = wake.as_mut() {
+                    while let Some(Some(_)) = subscription.next().now_or_never() {}
+                }
+                readings.values_mut().for_each(Reading::reconnected);
             }
             // What has rung so far is answered by this round of takes; the copies that follow
             // what it knows spare it reading them.
             let mut known: usize = readings.values().map(Reading::held).sum();
             if let Some(subscription) = wake.as_mut() {
                 while let Some(Some(rung)) = subscription.next().now_or_never() {
+                    heard = Instant::now();
                     self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
                 }
             }
@@ -507,6 +551,9 @@ impl Inner {
                     match taken {
                         Ok(t) => {
                             delivered |= t.delivered > 0;
+                            if t.delivered > 0 {
+                                heard = Instant::now();
+                            }
                             again |= t.delivered > 0 || t.more;
                         }
                         Err(e) => failed = Some(e),
@@ -544,17 +591,10 @@ impl Inner {
                 wake = rung => Some(Some(wake)),
                 () = tokio::time::sleep(wait) => Some(None),
             };
-            match rung {
-                Some(Some(rung)) => {
-                    let mut known = readings.values().map(Reading::held).sum();
-                    self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
-                }
-                // No wake-up for a while with receivers waiting: one may have been missed, so
-                // the next takes read.
-                Some(None) if wait == LOOK_AGAIN => {
-                    readings.values_mut().for_each(|r| r.caught_up = false);
-                }
-                _ => {}
+            if let Some(Some(rung)) = rung {
+                let mut known = readings.values().map(Reading::held).sum();
+                heard = Instant::now();
+                self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
             }
         }
     }
@@ -951,8 +991,14 @@ impl Inner {
                     *count = count.saturating_sub(1);
                 }
             }
+            if reading.delivered_already(&found) {
+                // Taken again by this purge; its receiver had it before the server restarted.
+                taken.more = true;
+                continue;
+            }
             if self.deliver(channel, &found) {
                 taken.delivered += 1;
+                reading.last_delivered = Some((found.sequence, found.time));
             } else {
                 taken.more = true;
             }
