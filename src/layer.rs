@@ -237,6 +237,24 @@ impl GroupSendReport {
 ///   [`GroupSendReport`]. Membership lapses `group_expiry` after the latest `group_add`.
 /// - **Closing** wakes every blocked receiver with a `Closed` error.
 ///
+/// # Every operation and its forms
+///
+/// | operation | blocking | async | waits at most a timeout | until a deadline | without waiting |
+/// |---|---|---|---|---|---|
+/// | send (never waits for room) | [`send`](ChannelLayer::send) | [`send_async`](ChannelLayer::send_async) | | | |
+/// | send, waiting for room | | | [`send_timeout`](ChannelLayerExt::send_timeout), [`send_timeout_async`](ChannelLayerExt::send_timeout_async) | [`send_until`](ChannelLayer::send_until), [`send_until_async`](ChannelLayer::send_until_async) | |
+/// | send a batch | [`send_many`](ChannelLayer::send_many) | [`send_many_async`](ChannelLayer::send_many_async) | | | |
+/// | send a typed value | [`send_typed`](ChannelLayerExt::send_typed) | [`send_typed_async`](ChannelLayerExt::send_typed_async) | | | |
+/// | receive | [`receive`](ChannelLayerExt::receive) | [`receive_async`](ChannelLayerExt::receive_async) | [`receive_timeout`](ChannelLayerExt::receive_timeout), [`receive_timeout_async`](ChannelLayerExt::receive_timeout_async) | [`receive_until`](ChannelLayer::receive_until), [`receive_until_async`](ChannelLayer::receive_until_async) | [`try_receive`](ChannelLayer::try_receive), [`try_receive_async`](ChannelLayer::try_receive_async) |
+/// | receive a typed value | [`receive_typed`](ChannelLayerExt::receive_typed) | [`receive_typed_async`](ChannelLayerExt::receive_typed_async) | | | |
+/// | group membership | [`group_add`](ChannelLayer::group_add), [`group_discard`](ChannelLayer::group_discard) | [`group_add_async`](ChannelLayer::group_add_async), [`group_discard_async`](ChannelLayer::group_discard_async) | | | |
+/// | group send | [`group_send`](ChannelLayer::group_send), [`group_send_many`](ChannelLayer::group_send_many) | [`group_send_async`](ChannelLayer::group_send_async), [`group_send_many_async`](ChannelLayer::group_send_many_async) | | | |
+/// | flush | [`flush`](ChannelLayer::flush) | [`flush_async`](ChannelLayer::flush_async) | | | |
+/// | inspect | [`inspect`](ChannelLayer::inspect) | [`inspect_async`](ChannelLayer::inspect_async) | | | |
+///
+/// [`new_channel`](ChannelLayer::new_channel), [`capabilities`](ChannelLayer::capabilities),
+/// [`metrics`](ChannelLayer::metrics) and [`close`](ChannelLayer::close) never wait.
+///
 /// # Implementing
 ///
 /// The async methods are required. The blocking methods default to running the async ones to

@@ -226,7 +226,7 @@
 //! | `nats` | the NATS JetStream backend (`nats://`, `tls://`) |
 //! | `metrics` | operation latency and counts through the `metrics` facade ([`observe`]) |
 //! | `tracing` | `tracing` spans for operations and handled messages ([`observe`]) |
-//! | `testing` | `channel_layer::testing`, the conformance suite for backends |
+//! | `testing` | `channel_layer::testing`, the conformance suite for backends (its cases grow between releases: not a stable API) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -8,6 +8,13 @@
 //! Every case builds its layers through a [`Fixture`] and talks to them only through the
 //! [`ChannelLayer`] trait, so the same cases run against any backend.
 //!
+//! # Stability
+//!
+//! This module is not covered by the crate's semver promise before 1.0, nor by its minor
+//! versions after: cases are added as the contract is pinned down more tightly, and a new case
+//! can fail a backend that passed the previous release. Pin the crate's version in the
+//! `dev-dependencies` that run the suite, and read the changelog when you move it.
+//!
 //! Each case comes in two forms:
 //!
 //! - [`cases`]: drives the layer through its **blocking** methods (`send`, `receive_timeout`,
