@@ -454,19 +454,14 @@ impl Inner {
                 subjects::process_wake_subjects(prefix, *capacity, process),
             ),
         };
-        let stream_name = self.stream_of(capacity).cached_info().config.name.clone();
-        let wakes = Wakes {
-            head: subjects::wake_subject_head(prefix, capacity),
-            stream: stream_name,
-            capacity,
-            watched: watched.clone(),
-            subscribed: false,
-        };
         let mut wake = self.client.subscribe(wake_filter).await.ok();
         let subscribed = wake.is_some();
         let wakes = Wakes {
+            head: subjects::wake_subject_head(prefix, capacity),
+            stream: self.stream_of(capacity).cached_info().config.name.clone(),
+            capacity,
+            watched: watched.clone(),
             subscribed,
-            ..wakes
         };
         let mut readings: HashMap<String, Reading> = HashMap::new();
         // When a receiver last waited on each channel, for the last [`RECENT`].
@@ -588,10 +583,10 @@ impl Inner {
             let rung = tokio::select! {
                 () = watch.poke.notified() => None,
                 () = changed => None,
-                wake = rung => Some(Some(wake)),
-                () = tokio::time::sleep(wait) => Some(None),
+                wake = rung => Some(wake),
+                () = tokio::time::sleep(wait) => None,
             };
-            if let Some(Some(rung)) = rung {
+            if let Some(rung) = rung {
                 let mut known = readings.values().map(Reading::held).sum();
                 heard = Instant::now();
                 self.route(&rung, &wakes, &watch, &recent, &mut readings, &mut known);
